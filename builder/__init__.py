@@ -1,0 +1,1 @@
+"""Artificial crystal structures -> seed-indexed shards (Acta Cryst. A 2026, section 3)."""

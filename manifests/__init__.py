@@ -1,0 +1,1 @@
+"""The contract between builder, training and evaluation: manifest schema, verification, committed files."""
