@@ -1,0 +1,76 @@
+"""Sample i of a dataset as a pure function of (resolved strategy, root seed, i) (DESIGN.md "Determinism").
+
+Each sample gets independent random streams addressed as SeedSequence(root_seed, spawn_key=(strategy_id, i,
+stream)), one per purpose, so any sample can be rebuilt alone and adding a step never shifts the others.
+"""
+from __future__ import annotations
+
+import functools
+
+import gemmi
+import numpy as np
+
+from builder.cell import sample_cell
+from builder.fill import fill_atoms
+from builder.reflections import PHAI_SET, phai_hkl
+from builder.sf import SFPlan, amplitudes_phases, sf_plan, structure_factors
+from builder.strategy import Strategy
+from builder.structure import Structure
+from builder.symmetry import space_group_ops
+
+__all__ = ["STREAM_CELL", "STREAM_ATOMS", "sample_key", "sample_rng", "generate_structure", "generate_sample",
+           "reflections_of"]
+
+STREAM_CELL, STREAM_ATOMS = 0, 1
+
+
+def sample_key(index: int) -> str:
+    """The webdataset key: the 12-digit global index, which is the seed address."""
+    return f"{int(index):012d}"
+
+
+def sample_rng(root_seed: int, strategy_id: int, index: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(entropy=int(root_seed),
+                                                        spawn_key=(int(strategy_id), int(index), int(stream))))
+
+
+def generate_structure(strategy: Strategy, root_seed: int, index: int) -> Structure:
+    sid = strategy.strategy_id
+    cell = sample_cell(sample_rng(root_seed, sid, index, STREAM_CELL), strategy.cell)
+    return fill_atoms(sample_rng(root_seed, sid, index, STREAM_ATOMS), cell, strategy.space_group, strategy.fill)
+
+
+@functools.lru_cache(maxsize=8)
+def _plan(space_group: str, max_index: int) -> SFPlan:
+    return sf_plan(space_group_ops(space_group), phai_hkl(max_index))
+
+
+def reflections_of(s: Structure, max_index: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """|F| and φ (float32) on the PhAI set, from the structure exactly as stored (float32 arrays)."""
+    plan = _plan(s.space_group, max_index)
+    return amplitudes_phases(structure_factors(plan, s.cell, s.frac, s.z, s.occ, s.uiso), plan.real)
+
+
+def generate_sample(strategy: Strategy, root_seed: int, index: int, with_reflections: bool = True) -> dict:
+    """The shard record of sample `index` (DESIGN.md "Sample schema")."""
+    s = generate_structure(strategy, root_seed, index)
+    rec = {
+        "__key__": sample_key(index),
+        "cell": s.cell,
+        "frac": s.frac,
+        "z": s.z,
+        "occ": s.occ,
+        "uiso": s.uiso,
+        "meta": {
+            "space_group": s.space_group,
+            "strategy": strategy.name,
+            "n_atoms": s.n_atoms,
+            "n_hydrogen": s.n_hydrogen,
+            "n_special": s.n_special,
+            "volume": round(gemmi.UnitCell(*map(float, s.cell)).volume, 6),
+        },
+    }
+    if with_reflections:
+        rec["amplitude"], rec["phase"] = reflections_of(s)
+        rec["meta"]["reflections"] = PHAI_SET
+    return rec

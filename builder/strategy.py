@@ -1,0 +1,166 @@
+"""Strategies: cell sampler × atom filler × space group, as TOML files (DESIGN.md "Strategies").
+
+A TOML names its sampler and filler parameters and a stats file whose `priors` block supplies element
+frequencies (and, on request, the log-normal volume parameters and the V_atom / x_H ranges). Resolution embeds
+every value in one plain dict, which goes into the manifest; the strategy id is a hash of that dict, so sample i
+of a dataset depends only on (resolved strategy, root seed, i).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+from builder.cell import CellConfig
+from builder.fill import FillConfig
+from builder.symmetry import space_group_ops
+
+__all__ = ["Strategy", "STRATEGY_DIR", "STATS_DIR", "builtin_strategies", "load_strategy", "load_priors",
+           "canonical_json", "PRIOR_KINDS"]
+
+_MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+STRATEGY_DIR = _MANIFESTS / "strategies"
+STATS_DIR = _MANIFESTS / "stats"
+PRIOR_KINDS = ("elements", "volume", "v_atom", "x_h")
+_TOP_KEYS = {"name", "description", "space_group", "cell", "fill", "priors"}
+_PRIOR_KEYS = {"stats", "use"}
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Strategy:
+    name: str
+    description: str = ""
+    space_group: str = "P 1 21/c 1"
+    cell: CellConfig
+    fill: FillConfig
+    priors: dict = dataclasses.field(default_factory=dict)  # provenance: stats file name, sha256, kinds used
+
+    def validate(self) -> None:
+        ops = space_group_ops(self.space_group)
+        need = {"triclinic": "triclinic", "monoclinic": "monoclinic", "orthorhombic": "none"}.get(ops.crystal_system)
+        if need is None:
+            raise ValueError(f"space group {self.space_group!r} is {ops.crystal_system}: the cell samplers make "
+                             "triclinic, monoclinic or orthorhombic cells only")
+        if self.cell.skew != need:
+            raise ValueError(f"space group {ops.name} needs cell skew = {need!r}, not {self.cell.skew!r}")
+        self.cell.validate()
+        self.fill.validate()
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["fill"]["elements_general"] = dict(self.fill.elements_general)
+        d["fill"]["elements_special"] = dict(self.fill.elements_special)
+        return json.loads(canonical_json(d))  # tuples -> lists, exactly as stored in a manifest
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Strategy":
+        cell = CellConfig(**d["cell"])
+        f = dict(d["fill"])
+        for key in ("v_atom", "x_h", "u_iso", "bond", "forbidden"):
+            f[key] = tuple(f[key])
+        for key in ("elements_general", "elements_special"):
+            f[key] = tuple(sorted((str(k), float(v)) for k, v in dict(f[key]).items()))
+        return cls(name=d["name"], description=d.get("description", ""), space_group=d["space_group"],
+                   cell=cell, fill=FillConfig(**f), priors=d.get("priors", {}))
+
+    @property
+    def strategy_id(self) -> int:
+        """Stable 64-bit id: sha256 of the resolved strategy (never Python's hash())."""
+        return int.from_bytes(hashlib.sha256(canonical_json(self.to_dict()).encode()).digest()[:8], "little")
+
+
+def builtin_strategies() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(STRATEGY_DIR.glob("*.toml"))}
+
+
+def _stats_path(ref: str, base: Path) -> Path:
+    """A bare name is a committed stats file (manifests/stats/NAME.json); anything else a path (TOML-relative)."""
+    builtin = "/" not in ref and not ref.endswith(".json")
+    p = STATS_DIR / f"{ref}.json" if builtin else (Path(ref) if Path(ref).is_absolute() else base / ref)
+    if not p.is_file():
+        raise ValueError(f"priors stats file {ref!r} not found: name one of manifests/stats "
+                         f"({', '.join(sorted(x.stem for x in STATS_DIR.glob('*.json')))}) or a .json path")
+    return p
+
+
+def load_priors(path: Path) -> dict:
+    try:
+        priors = json.loads(path.read_text())["priors"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: not a stats file with a 'priors' block ({exc}); make one with "
+                         "`phaseforge-build stats`") from None
+    return priors
+
+
+def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
+
+
+def load_strategy(ref: str | Path) -> Strategy:
+    """A built-in strategy name or a TOML path → resolved, validated Strategy (ValueError on bad input)."""
+    builtins = builtin_strategies()
+    path = builtins.get(str(ref)) or Path(ref)
+    if not path.is_file():
+        raise ValueError(f"unknown strategy {str(ref)!r}: use one of {', '.join(builtins)} or a .toml path")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: malformed TOML ({exc})") from None
+    _check_keys(f"{path.name}", doc, _TOP_KEYS)
+    cell_kw, fill_kw, prior_kw = doc.get("cell", {}), doc.get("fill", {}), doc.get("priors", {})
+    _check_keys(f"{path.name} [cell]", cell_kw, {f.name for f in dataclasses.fields(CellConfig)})
+    _check_keys(f"{path.name} [fill]", fill_kw, {f.name for f in dataclasses.fields(FillConfig)})
+    _check_keys(f"{path.name} [priors]", prior_kw, _PRIOR_KEYS)
+    for key in ("v_atom", "x_h", "u_iso", "bond", "forbidden"):
+        if key in fill_kw:
+            if not (isinstance(fill_kw[key], list) and len(fill_kw[key]) == 2):
+                raise ValueError(f"{path.name} [fill] {key} must be a two-number list [lo, hi]")
+            fill_kw[key] = tuple(float(v) for v in fill_kw[key])
+    for key in ("elements_general", "elements_special"):
+        if key in fill_kw:
+            fill_kw[key] = tuple(sorted((str(k), float(v)) for k, v in dict(fill_kw[key]).items()))
+
+    provenance = {}
+    if prior_kw:
+        stats = _stats_path(str(prior_kw.get("stats", "cod-molecular")), path.parent)
+        use = list(prior_kw.get("use", ["elements"]))
+        bad = sorted(set(use) - set(PRIOR_KINDS))
+        if bad:
+            raise ValueError(f"{path.name} [priors] use: unknown kind(s) {', '.join(bad)}; allowed: "
+                             f"{', '.join(PRIOR_KINDS)}")
+        pri = load_priors(stats)
+        taken = {
+            "elements": ("fill", {"elements_general": pri["elements_general"],
+                                  "elements_special": pri["elements_special"]}),
+            "volume": ("cell", {"mu": pri["lognormal_mu"], "sigma": pri["lognormal_sigma"]}),
+            "v_atom": ("fill", {"v_atom": pri["v_atom_range"]}),
+            "x_h": ("fill", {"x_h": pri["x_h_range"]}),
+        }
+        for kind in use:
+            section, values = taken[kind]
+            target = fill_kw if section == "fill" else cell_kw
+            clash = sorted(set(values) & set(target))
+            if clash:
+                raise ValueError(f"{path.name}: [{section}] {', '.join(clash)} also comes from [priors] use = "
+                                 f"{kind!r}; remove one of them")
+            for k, v in values.items():
+                target[k] = tuple(sorted((s, float(p)) for s, p in v.items())) if isinstance(v, dict) else \
+                    (tuple(float(x) for x in v) if isinstance(v, list) else float(v))
+        provenance = {"stats": stats.name, "sha256": hashlib.sha256(stats.read_bytes()).hexdigest(), "use": use}
+    try:
+        strat = Strategy(name=str(doc.get("name", path.stem)), description=str(doc.get("description", "")),
+                         space_group=str(doc.get("space_group", "P 1 21/c 1")), cell=CellConfig(**cell_kw),
+                         fill=FillConfig(**fill_kw), priors=provenance)
+    except TypeError as exc:
+        raise ValueError(f"{path.name}: {exc}") from None
+    strat = dataclasses.replace(strat, space_group=space_group_ops(strat.space_group).name)
+    strat.validate()
+    return strat
