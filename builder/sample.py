@@ -5,21 +5,17 @@ stream)), one per purpose, so any sample can be rebuilt alone and adding a step 
 """
 from __future__ import annotations
 
-import functools
-
 import gemmi
 import numpy as np
 
 from builder.cell import sample_cell
 from builder.fill import fill_atoms
-from builder.reflections import PHAI_SET, phai_hkl
-from builder.sf import SFPlan, amplitudes_phases, sf_plan, structure_factors
+from builder.reflections import PHAI_SET
+from builder.sf import reflections_of
 from builder.strategy import Strategy
 from builder.structure import Structure
-from builder.symmetry import space_group_ops
 
-__all__ = ["STREAM_CELL", "STREAM_ATOMS", "sample_key", "sample_rng", "generate_structure", "generate_sample",
-           "reflections_of"]
+__all__ = ["STREAM_CELL", "STREAM_ATOMS", "sample_key", "sample_rng", "generate_structure", "generate_sample"]
 
 STREAM_CELL, STREAM_ATOMS = 0, 1
 
@@ -38,17 +34,6 @@ def generate_structure(strategy: Strategy, root_seed: int, index: int) -> Struct
     sid = strategy.strategy_id
     cell = sample_cell(sample_rng(root_seed, sid, index, STREAM_CELL), strategy.cell)
     return fill_atoms(sample_rng(root_seed, sid, index, STREAM_ATOMS), cell, strategy.space_group, strategy.fill)
-
-
-@functools.lru_cache(maxsize=8)
-def _plan(space_group: str, max_index: int) -> SFPlan:
-    return sf_plan(space_group_ops(space_group), phai_hkl(max_index))
-
-
-def reflections_of(s: Structure, max_index: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """|F| and φ (float32) on the PhAI set, from the structure exactly as stored (float32 arrays)."""
-    plan = _plan(s.space_group, max_index)
-    return amplitudes_phases(structure_factors(plan, s.cell, s.frac, s.z, s.occ, s.uiso), plan.real)
 
 
 def generate_sample(strategy: Strategy, root_seed: int, index: int, with_reflections: bool = True) -> dict:

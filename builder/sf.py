@@ -11,14 +11,16 @@ which halves the trigonometry and gives phases exactly 0 or π.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
 from builder.elements import form_factors
-from builder.reflections import stol2
-from builder.symmetry import SymOps
+from builder.reflections import phai_hkl, stol2
+from builder.structure import Structure
+from builder.symmetry import SymOps, space_group_ops
 
-__all__ = ["SFPlan", "sf_plan", "structure_factors", "amplitudes_phases", "PHASE_ZERO_BELOW"]
+__all__ = ["SFPlan", "sf_plan", "structure_factors", "amplitudes_phases", "reflections_of", "PHASE_ZERO_BELOW"]
 
 PHASE_ZERO_BELOW = 0.01  # electrons: phases of |F| <= this are set to 0 (as PhAI's data generator does)
 _TWO_PI = 2.0 * np.pi
@@ -92,3 +94,14 @@ def amplitudes_phases(f: np.ndarray, real: bool) -> tuple[np.ndarray, np.ndarray
         phase = np.mod(np.angle(f), 2 * np.pi)
     phase = np.where(amp <= PHASE_ZERO_BELOW, 0.0, phase)
     return amp.astype(np.float32), phase.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _phai_plan(space_group: str, max_index: int) -> SFPlan:
+    return sf_plan(space_group_ops(space_group), phai_hkl(max_index))
+
+
+def reflections_of(s: Structure, max_index: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """|F| and φ (float32) on the PhAI set, from the structure exactly as stored (float32 arrays)."""
+    plan = _phai_plan(s.space_group, max_index)
+    return amplitudes_phases(structure_factors(plan, s.cell, s.frac, s.z, s.occ, s.uiso), plan.real)
