@@ -1,0 +1,108 @@
+"""Fillers (paper §3.5): every generated structure obeys its distance rules, checked by a second path."""
+from __future__ import annotations
+
+import itertools
+
+import gemmi
+import numpy as np
+import pytest
+
+from builder.elements import covalent_radii_table, covalent_radius
+from builder.sample import generate_structure
+from builder.symmetry import space_group_ops
+
+SHIFTS = np.array(list(itertools.product(range(-2, 3), repeat=3)), dtype=np.float64)  # 125 cells
+
+
+def pair_distances(s):
+    """(d, R_Σ) for every ASU atom against every P1 image in the 125 surrounding cells (numpy, no numba)."""
+    ops = space_group_ops(s.space_group)
+    orth = np.array(gemmi.UnitCell(*s.cell).orth.mat.tolist())
+    x = s.frac.astype(np.float64)
+    p1 = (np.einsum("gij,nj->gni", ops.rot, x) + ops.tran[:, None, :]).reshape(-1, 3) % 1.0  # (g*N, 3)
+    p1_r = np.tile(covalent_radii_table()[s.z], ops.n)
+    diff = x[:, None, None, :] - p1[None, :, None, :] - SHIFTS[None, None, :, :]  # (N, gN, 125, 3)
+    d = np.linalg.norm(diff @ orth.T, axis=-1)
+    r_sum = covalent_radii_table()[s.z][:, None, None] + p1_r[None, :, None]
+    keep = d > 1e-4  # an atom's coincident images (special positions) are one atom
+    return d[keep], np.broadcast_to(r_sum, d.shape)[keep]
+
+
+@pytest.mark.parametrize("name", ["lognormal-random", "lognormal-random-equal", "uniform-volume-random"])
+def test_random_atoms_keep_d_min(strategies, name):
+    for i in range(40):
+        s = generate_structure(strategies[name], 0, i)
+        d, _ = pair_distances(s)
+        assert d.min() >= 1.2 - 1e-5, f"sample {i}: atoms {d.min():.3f} Å apart"
+        assert s.n_special == 0
+
+
+def test_random_equal_has_one_element(strategies):
+    zs = set()
+    for i in range(20):
+        zs |= set(generate_structure(strategies["lognormal-random-equal"], 0, i).z.tolist())
+    assert zs == {6}
+
+
+@pytest.mark.parametrize("name", ["lognormal-molecules", "uniform-edges-molecules"])
+def test_molecules_bond_or_keep_away(strategies, name):
+    bonded = 0
+    for i in range(40):
+        s = generate_structure(strategies[name], 0, i)
+        d, r = pair_distances(s)
+        ratio = (d / r)[d < 1.5 * r]
+        assert (ratio > 0.9 - 1e-5).all(), f"sample {i}: a contact at {ratio.min():.3f} R_Σ"
+        assert not ((ratio >= 1.1 + 1e-5) & (ratio <= 1.4 - 1e-5)).any(), f"sample {i}: a contact in the band"
+        bonded += int(((ratio > 0.9) & (ratio < 1.1)).sum())
+    assert bonded > 0  # artificial molecules do form bonds
+
+
+def test_molecules_form_clusters_not_gas(strategies):
+    """Fig. 4: artificial molecules put many neighbours at bond distance; random atoms hardly any."""
+    def bond_fraction(name):
+        fr = []
+        for i in range(30):
+            s = generate_structure(strategies[name], 1, i)
+            d, r = pair_distances(s)
+            fr.append(np.mean((d / r < 1.1)) if len(d) else 0.0)
+        return float(np.mean(fr))
+    assert bond_fraction("lognormal-molecules") > 3 * bond_fraction("lognormal-random")
+
+
+def test_special_position_buckets(strategies):
+    """p = 0.05 on each of the 4 inversion centres: 81.4 % none, 17.2 % one, 1.4 % more (§3.5)."""
+    strat = strategies["lognormal-molecules"]
+    n = 3000
+    counts = np.array([generate_structure(strat, 7, i).n_special for i in range(n)])
+    frac = [np.mean(counts == 0), np.mean(counts == 1), np.mean(counts > 1)]
+    for got, want in zip(frac, [0.8145, 0.1715, 0.0140]):
+        assert abs(got - want) < 4 * np.sqrt(want * (1 - want) / n) + 0.003, (frac, want)
+
+
+def test_special_atoms_sit_on_inversion_centres_with_half_occupancy(strategies):
+    strat = strategies["lognormal-molecules"]
+    seen = 0
+    for i in range(400):
+        s = generate_structure(strat, 2, i)
+        for k in range(s.n_special):
+            assert s.occ[k] == np.float32(0.5)
+            assert np.all(np.isin(s.frac[k], [0.0, 0.5]))
+            seen += 1
+        assert np.all(s.occ[s.n_special:] == 1.0)
+    assert seen > 0
+
+
+def test_atom_counts_follow_eqs_18_19(strategies):
+    strat = strategies["lognormal-random"]
+    for i in range(50):
+        s = generate_structure(strat, 3, i)
+        v = gemmi.UnitCell(*s.cell).volume
+        heavy = int((s.z != 1).sum())
+        assert heavy <= v / (7.0 * 4)  # N' = floor(V / (V_atom n)) with V_atom ≥ 7 Å³
+        assert s.n_hydrogen <= heavy * 0.6 / 0.4 + 1  # x_H ≤ 0.6
+        assert np.all((s.uiso >= 0.01 - 0.005) & (s.uiso <= 0.1 + 0.005))
+        assert np.ptp(s.uiso) <= 0.01 + 1e-6  # one structure U_iso ± 0.005 per atom
+
+
+def test_cordero_radii():
+    assert [covalent_radius(z) for z in (1, 6, 7, 8)] == [0.31, 0.76, 0.71, 0.66]
