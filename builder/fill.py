@@ -92,21 +92,23 @@ class _Placed:
         self.img = np.empty((capacity * ops.n, 3))
         self.img_r = np.empty(capacity * ops.n)
         self.n_img = 0
-        self.frac: list[np.ndarray] = []
-        self.z: list[int] = []
-        self.occ: list[float] = []
+        self.frac = np.empty((capacity, 3))
+        self.z = np.empty(capacity, dtype=np.int64)
+        self.occ = np.empty(capacity)
+        self.n = 0
+        self.anchors: list[int] = []  # non-H atoms: what a new atom may bond to
 
     def add(self, x: np.ndarray, z: int, radius: float, occ: float) -> None:
         n = self.ops.n
-        if self.n_img + n > len(self.img):
-            self.img = np.concatenate([self.img, np.empty_like(self.img)])
-            self.img_r = np.concatenate([self.img_r, np.empty_like(self.img_r)])
+        if self.n == len(self.z):
+            raise RuntimeError("placed more atoms than the capacity allows")
         self.img[self.n_img:self.n_img + n] = images_of(x, self.ops.rot, self.ops.tran)
         self.img_r[self.n_img:self.n_img + n] = radius
         self.n_img += n
-        self.frac.append(x)
-        self.z.append(z)
-        self.occ.append(occ)
+        self.frac[self.n], self.z[self.n], self.occ[self.n] = x, z, occ
+        if z != 1:
+            self.anchors.append(self.n)
+        self.n += 1
 
 
 def fill_atoms(rng: np.random.Generator, cell: np.ndarray, space_group: str, cfg: FillConfig) -> Structure:
@@ -114,6 +116,7 @@ def fill_atoms(rng: np.random.Generator, cell: np.ndarray, space_group: str, cfg
     ops = space_group_ops(space_group)
     uc = gemmi.UnitCell(*map(float, cell))
     orth = np.array(uc.orth.mat.tolist())
+    frac_m = np.array(uc.frac.mat.tolist())
     radii = covalent_radii_table()
     general = ElementTable.from_frequencies(dict(cfg.elements_general)) if cfg.elements_general else None
     special = ElementTable.from_frequencies(dict(cfg.elements_special)) if cfg.elements_special else None
@@ -141,46 +144,43 @@ def fill_atoms(rng: np.random.Generator, cell: np.ndarray, space_group: str, cfg
             if first_valid(x[None], np.array([radii[z]]), orth, ops.rot, ops.tran, placed.img, placed.img_r,
                            placed.n_img, *rule) == 0:
                 placed.add(x, z, radii[z], 1.0 / site_multiplicity(ops, x))
-    n_special = len(placed.z)
+    n_special = placed.n
 
     elements = [equal_z or general.draw(rng) for _ in range(n_heavy)] + [equal_z or 1] * n_h  # non-H first
     for z in elements:
-        if cfg.filler != "molecules" or not any(zz != 1 for zz in placed.z):
+        if cfg.filler != "molecules" or not placed.anchors:
             # random atoms (§3.5 steps 1–4), or the first atom of a molecule (step 2): uniform positions
             tries = cfg.random_tries if cfg.filler != "molecules" else cfg.molecule_tries
             try_place(rng.random((tries, 3)), z)
             continue
-        if _bond_to_anchor(rng, placed, z, orth, cfg, try_place):
+        if _bond_to_anchor(rng, placed, z, orth, frac_m, cfg, try_place):
             continue
         if z != 1 and general is not None:  # step 6: another element, then drop
-            _bond_to_anchor(rng, placed, general.draw(rng, exclude=z), orth, cfg, try_place)
+            _bond_to_anchor(rng, placed, general.draw(rng, exclude=z), orth, frac_m, cfg, try_place)
 
-    n = len(placed.z)
+    n = placed.n
     u0 = rng.uniform(*cfg.u_iso)
     uiso = u0 + rng.uniform(-cfg.u_iso_jitter, cfg.u_iso_jitter, size=n)
     return Structure(
         cell=np.asarray(cell, dtype=np.float64),
-        frac=np.array(placed.frac, dtype=np.float32).reshape(n, 3) % np.float32(1.0),
-        z=np.array(placed.z, dtype=np.uint8),
-        occ=np.array(placed.occ, dtype=np.float32),
+        frac=placed.frac[:n].astype(np.float32) % np.float32(1.0),
+        z=placed.z[:n].astype(np.uint8),
+        occ=placed.occ[:n].astype(np.float32),
         uiso=uiso.astype(np.float32),
         space_group=ops.name,
         n_special=n_special,
     )
 
 
-def _bond_to_anchor(rng: np.random.Generator, placed: _Placed, z: int, orth: np.ndarray, cfg: FillConfig,
-                    try_place) -> bool:
+def _bond_to_anchor(rng: np.random.Generator, placed: _Placed, z: int, orth: np.ndarray, frac_m: np.ndarray,
+                    cfg: FillConfig, try_place) -> bool:
     """§3.5 steps 4–5, all tries drawn at once: anchor A (a non-H atom: H bonds once), d ~ U(0.9, 1.1)·R_Σ,
     a point uniform on the sphere about A (Muller 1959); the first candidate that keeps step 6's rule wins."""
     radii = covalent_radii_table()
-    anchors = np.flatnonzero(np.array(placed.z) != 1)
     t = cfg.molecule_tries
-    pick = anchors[rng.integers(0, len(anchors), size=t)]
-    r_sum = radii[np.array(placed.z)[pick]] + radii[z]
-    length = rng.uniform(cfg.bond[0], cfg.bond[1], size=t) * r_sum
+    pick = np.asarray(placed.anchors)[rng.integers(0, len(placed.anchors), size=t)]
+    length = rng.uniform(cfg.bond[0], cfg.bond[1], size=t) * (radii[placed.z[pick]] + radii[z])
     u = rng.standard_normal((t, 3))
-    u /= np.linalg.norm(u, axis=1, keepdims=True)
-    anchor_cart = np.array(placed.frac)[pick] @ orth.T
-    cands = np.linalg.solve(orth, (anchor_cart + length[:, None] * u).T).T
+    u *= (length / np.sqrt((u * u).sum(axis=1)))[:, None]
+    cands = placed.frac[pick] + u @ frac_m.T  # bond vector to fractional
     return try_place(cands - np.floor(cands), z)

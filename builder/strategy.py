@@ -8,6 +8,7 @@ of a dataset depends only on (resolved strategy, root seed, i).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import tomllib
@@ -69,7 +70,7 @@ class Strategy:
         return cls(name=d["name"], description=d.get("description", ""), space_group=d["space_group"],
                    cell=cell, fill=FillConfig(**f), priors=d.get("priors", {}))
 
-    @property
+    @functools.cached_property
     def strategy_id(self) -> int:
         """Stable 64-bit id: sha256 of the resolved strategy (never Python's hash())."""
         return int.from_bytes(hashlib.sha256(canonical_json(self.to_dict()).encode()).digest()[:8], "little")
