@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from builder.build import build, deep_check, finalize, make_header, n_shards, parse_range
+from builder.stats import stats_command
 from builder.strategy import builtin_strategies, load_strategy
 from manifests.schema import FORMATS, ManifestError, load_manifest, verify_dir
 from manifests.shardio import read_shard
@@ -150,14 +151,10 @@ def strategies() -> None:
                    f"β≤{c.beta_max}; {fill}; special p={f.special_p}; V_atom {f.v_atom}, x_H {f.x_h}")
 
 
-def _register_optional() -> None:
-    from builder.stats import stats_command  # noqa: WPS433 (registered here to keep stats.py standalone)
-
-    cli.add_command(stats_command)
+cli.add_command(stats_command)
 
 
 def main() -> None:
-    pass  # TEMP
     cli()
 
 

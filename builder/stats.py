@@ -57,7 +57,7 @@ from builder.elements import symbol
 
 __all__ = [
     "SCHEMA", "SPECIAL_TOL", "DIST_MAX", "DIST_BIN", "SELECTIONS", "StructureStats", "selection", "cif_files",
-    "read_structure", "collect", "summarise", "load_priors", "write_json", "stats_command",
+    "read_structure", "collect", "summarise", "load_priors", "files_sha256", "write_json", "stats_command",
 ]
 
 SCHEMA = "phaseforge.stats/1"
@@ -65,7 +65,7 @@ SPECIAL_TOL = 0.1  # Å: symmetry images closer than this are one atom (a specia
 DIST_MAX = 6.0  # Å, upper end of the distance histogram
 DIST_BIN = 0.02  # Å, its bin width
 _N_DIST = int(round(DIST_MAX / DIST_BIN))
-_CHUNK = 4_000_000  # coordinate triples per vectorised distance block (~100 MB of float64)
+_CHUNK = 2_000_000  # (site, atom, translation) triples per vectorised distance block (~50 MB of float64)
 
 # name -> (rule text, predicate). The rule text is written into every output file.
 SELECTIONS: dict[str, tuple[str, Callable[["StructureStats"], bool]]] = {
@@ -100,6 +100,7 @@ class StructureStats:
     molecular: bool = False
     n_sites: int = 0  # asymmetric-unit sites used
     n_sites_skipped: int = 0  # sites without a known element or with occupancy ≤ 0
+    cell_repaired: bool = False  # angles the CIF left out were set from the crystal system
     n_atoms_cell: float = 0.0  # occupancy-weighted, H included
     n_h_cell: float = 0.0
     elements_general: dict[str, float] = dataclasses.field(default_factory=dict)  # non-H, per site, occ-weighted
@@ -167,28 +168,86 @@ class _Sites:
 
 
 def read_structure(path: str | Path) -> gemmi.SmallStructure:
-    """gemmi's SmallStructure of a CIF; ValueError with a short reason when it cannot be used."""
+    """gemmi's SmallStructure of a CIF; ValueError with a short reason when it cannot be used.
+
+    Cell angles that the CIF leaves out but the crystal system fixes (orthorhombic and higher) are filled in.
+    """
+    return _read(path)[0]
+
+
+def _read(path: str | Path) -> tuple[gemmi.SmallStructure, bool]:
     try:
         st = gemmi.read_small_structure(str(path))
     except Exception as exc:  # gemmi raises RuntimeError/ValueError/IndexError on malformed input
         raise ValueError(f"unreadable: {str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}") from None
-    if not st.cell.is_crystal() or not st.cell.volume > 0:
-        raise ValueError("no unit cell")
     if st.spacegroup is None:
         raise ValueError("no space group")
+    repaired = not st.cell.is_crystal() or not st.cell.volume > 0
+    if repaired:
+        _repair_cell(path, st)
     if len(st.sites) == 0:
         raise ValueError("no atom sites")
-    return st
+    return st, repaired
 
 
-def _sites(st: gemmi.SmallStructure) -> tuple[_Sites, int]:
+_FIXED_ANGLES = {"orthorhombic": (90.0, 90.0, 90.0), "tetragonal": (90.0, 90.0, 90.0), "cubic": (90.0, 90.0, 90.0),
+                 "hexagonal": (90.0, 90.0, 120.0), "trigonal": (90.0, 90.0, 120.0)}
+
+
+def _repair_cell(path: str | Path, st: gemmi.SmallStructure) -> None:
+    """Some CIFs leave out cell angles that the crystal system fixes (gemmi then gives no cell): fill them in.
+
+    Only for orthorhombic, tetragonal, cubic and hexagonal-axes trigonal/hexagonal groups; ValueError otherwise.
+    """
+    sg = st.spacegroup
+    fixed = _FIXED_ANGLES.get(sg.crystal_system_str())
+    if fixed is None or sg.xhm().endswith(":R"):
+        raise ValueError("no unit cell")
+    block = gemmi.cif.read(str(path)).sole_block()
+
+    def num(tag: str) -> float:
+        v = block.find_value(tag)
+        return gemmi.cif.as_number(v) if v is not None else float("nan")
+
+    lengths = [num(f"_cell_length_{x}") for x in "abc"]
+    angles = [num(f"_cell_angle_{x}") for x in ("alpha", "beta", "gamma")]
+    if not all(math.isfinite(v) and v > 0 for v in lengths):
+        raise ValueError("no unit cell")
+    if any(math.isfinite(g) and abs(g - f) > 0.01 for g, f in zip(angles, fixed)):
+        raise ValueError("cell angles disagree with the crystal system")
+    st.cell = gemmi.UnitCell(*lengths, *fixed)
+    st.setup_cell_images()
+
+
+def _fraction(text: str) -> float:
+    """A coordinate written as a fraction ("1/4", "-3/4"), which gemmi reads as NaN; NaN if not one."""
+    t = text.split("(")[0].strip()
+    try:
+        num, den = t.split("/")
+        return float(num) / float(den)
+    except ValueError:
+        return float("nan")
+
+
+def _raw_coordinates(path: str | Path) -> dict[str, list[float]]:
+    block = gemmi.cif.read(str(path)).sole_block()
+    table = block.find("_atom_site_", ["label", "fract_x", "fract_y", "fract_z"])
+    return {row.str(0): [_fraction(row[k]) for k in (1, 2, 3)] for row in table}
+
+
+def _sites(st: gemmi.SmallStructure, path: str | Path) -> tuple[_Sites, int]:
     frac, z, occ, group, uiso, skipped = [], [], [], [], [], 0
+    raw: dict[str, list[float]] | None = None
     for s in st.sites:
         zi = s.element.atomic_number
-        if zi == 0 or not s.occ > 0 or not all(math.isfinite(v) for v in s.fract.tolist()):
+        x = s.fract.tolist()
+        if not all(math.isfinite(v) for v in x):
+            raw = raw if raw is not None else _raw_coordinates(path)
+            x = [v if math.isfinite(v) else w for v, w in zip(x, raw.get(s.label, [float("nan")] * 3))]
+        if zi == 0 or not s.occ > 0 or not all(math.isfinite(v) for v in x):
             skipped += 1
             continue
-        frac.append(s.fract.tolist())
+        frac.append(x)
         z.append(zi)
         occ.append(min(float(s.occ), 1.0))
         group.append(int(s.disorder_group))
@@ -287,9 +346,9 @@ def _mean(v: np.ndarray) -> float | None:
 
 
 def _record(path: Path, predicate: Callable[[StructureStats], bool]) -> StructureStats:
-    st = read_structure(path)
+    st, repaired = _read(path)
     sg = st.spacegroup
-    sites, skipped = _sites(st)
+    sites, skipped = _sites(st, path)
     if len(sites.z) == 0:
         raise ValueError("no usable atom sites (unknown elements or zero occupancy)")
     c = st.cell
@@ -301,7 +360,7 @@ def _record(path: Path, predicate: Callable[[StructureStats], bool]) -> Structur
         centrosymmetric=sg.is_centrosymmetric(), n_ops=len(sg.operations()),
         cell=(c.a, c.b, c.c, c.alpha, c.beta, c.gamma), volume=c.volume, molecular=molecular,
         compound_class=("metal-organic" if has_metal else "organic") if molecular else "inorganic",
-        n_sites=len(sites.z), n_sites_skipped=skipped,
+        n_sites=len(sites.z), n_sites_skipped=skipped, cell_repaired=repaired,
     )
     if not predicate(rec):
         return rec
@@ -413,6 +472,13 @@ def _element_table(dicts: Iterable[dict[str, float]]) -> dict:
             "cno_share": sum(frac.get(e, 0.0) for e in ("C", "N", "O"))}
 
 
+def _merge(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0.0) + v
+    return out
+
+
 def _prior_fractions(frac: dict[str, float]) -> dict[str, float]:
     """Rounded to 6 decimals, then the largest entry set so that the rounded values sum to 1."""
     out = {k: round(v, 6) for k, v in frac.items() if round(v, 6) > 0}
@@ -478,6 +544,7 @@ def summarise(records: Sequence[StructureStats], meta: dict) -> dict:
         "usable": len(records) - len(bad), "selected": len(recs),
         "centrosymmetric": sum(r.centrosymmetric for r in recs), "without_h": sum(r.n_h_cell == 0 for r in recs),
         "sites_skipped": sum(r.n_sites_skipped for r in recs),
+        "cells_repaired": sum(r.cell_repaired for r in recs),
         "compound_classes": {c: sum(r.compound_class == c for r in recs)
                              for c in ("inorganic", "metal-organic", "organic")},
         "crystal_systems": dict(sorted({s: sum(r.crystal_system == s for r in recs)
@@ -499,8 +566,14 @@ def summarise(records: Sequence[StructureStats], meta: dict) -> dict:
     }
     general = _element_table(r.elements_general for r in recs)
     special = _element_table(r.elements_inversion for r in recs if r.centrosymmetric)
-    doc["elements"] = {"general": general, "inversion_centre": special,
-                       "other_special": _element_table(r.elements_special_other for r in recs)}
+    doc["elements"] = {
+        "general": general, "inversion_centre": special,
+        "other_special": _element_table(r.elements_special_other for r in recs),
+        "special_any": _element_table(_merge(r.elements_inversion, r.elements_special_other) for r in recs),
+        "rule": "general: multiplicity 1; inversion_centre: on an inversion centre of a centrosymmetric group (the "
+                "priors' elements_special); other_special: multiplicity > 1, not on an inversion centre; "
+                "special_any: all multiplicity > 1 sites. Per asymmetric-unit site, occupancy-weighted, non-H",
+    }
     x_h = [r.x_h for r in recs if r.n_h_cell > 0]
     v_atom = [r.v_atom for r in recs]
     doc["composition"] = {
@@ -538,6 +611,17 @@ def files_sha256(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
+def _dumps(obj: object, indent: int = 0) -> str:
+    """Sorted-key JSON, one key per line, lists of plain values kept on one line (histograms stay readable)."""
+    pad, inner = " " * indent, " " * (indent + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {_dumps(obj[k], indent + 1)}" for k in sorted(obj)]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj):
+        return "[\n" + ",\n".join(inner + _dumps(v, indent + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
+
+
 def write_json(doc: dict, out: str | Path) -> None:
     """Write `doc` as sorted, indented JSON, atomically (temporary file in the same folder, then rename)."""
     out = Path(out)
@@ -545,8 +629,8 @@ def write_json(doc: dict, out: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False)
-            f.write("\n")
+            f.write(_dumps(doc) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a manifest is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -590,7 +674,7 @@ def _fail(msg: str) -> None:
 @click.option("--cifs", "cifs", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="folder of CIF files (read in sorted order; not recursive)")
 @click.option("--select", "select", default="all", show_default=True, type=click.Choice(list(SELECTIONS)),
-              help="which structures to use: " + "; ".join(f"{k} = {v[0]}" for k, v in SELECTIONS.items()))
+              help="which structures to use (rules: builder.stats.SELECTIONS, manifests/stats/README.md)")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="output JSON [default: manifests/stats/<DIR name>-<select>.json]")
 def stats_command(cifs: Path, select: str, out: Path | None) -> None:
@@ -605,7 +689,8 @@ def stats_command(cifs: Path, select: str, out: Path | None) -> None:
     records = collect(paths, select)
     doc = summarise(records, {"source_dir": cifs.resolve().name, "selection": select,
                               "files_sha256": files_sha256(paths),
-                              "command": f"phaseforge-build stats --cifs {cifs.resolve().name} --select {select}"})
+                              "command": f"phaseforge-build stats --cifs .../{cifs.resolve().name} --select {select} "
+                                         f"--out {out.name}"})
     if not doc["counts"]["selected"]:
         _fail(f"{cifs}: no usable structure matches --select {select} "
               f"({doc['counts']['unusable']} of {len(paths)} files unusable)")

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from builder.cell import CellConfig
 from builder.fill import FillConfig
+from builder.stats import load_priors
 from builder.symmetry import space_group_ops
 
-__all__ = ["Strategy", "STRATEGY_DIR", "STATS_DIR", "builtin_strategies", "load_strategy", "load_priors",
-           "canonical_json", "PRIOR_KINDS"]
+__all__ = ["Strategy", "STRATEGY_DIR", "STATS_DIR", "builtin_strategies", "load_strategy", "canonical_json",
+           "PRIOR_KINDS"]
 
 _MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 STRATEGY_DIR = _MANIFESTS / "strategies"
@@ -88,15 +89,6 @@ def _stats_path(ref: str, base: Path) -> Path:
         raise ValueError(f"priors stats file {ref!r} not found: name one of manifests/stats "
                          f"({', '.join(sorted(x.stem for x in STATS_DIR.glob('*.json')))}) or a .json path")
     return p
-
-
-def load_priors(path: Path) -> dict:
-    try:
-        priors = json.loads(path.read_text())["priors"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"{path}: not a stats file with a 'priors' block ({exc}); make one with "
-                         "`phaseforge-build stats`") from None
-    return priors
 
 
 def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
