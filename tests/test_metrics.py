@@ -1,0 +1,229 @@
+"""The phase-agreement metric r (DESIGN.md "Metrics"): hand-computable cases and the map-correlation identity."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from builder.reflections import phai_hkl, systematic_absences
+from builder.symmetry import space_group_ops
+from evaluation.metrics import (ORIGIN_SHIFTS, SOLVED_R, phase_r, phase_r_all_shifts, phase_r_batch,
+                                summarise)
+
+SG = "P 1 21/c 1"
+
+
+def _data(seed: int, centric: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """PhAI reflections, Wilson-like |F| (|N(0,1)|), random true phases, mask = not absent and ~90 % observed."""
+    rng = np.random.default_rng(seed)
+    hkl = phai_hkl().astype(np.int64)
+    amp = np.abs(rng.normal(size=len(hkl)))
+    phase = np.pi * rng.integers(0, 2, len(hkl)) if centric else rng.uniform(0, 2 * np.pi, len(hkl))
+    mask = ~systematic_absences(SG, hkl) & (rng.random(len(hkl)) < 0.9)
+    return hkl, amp, phase.astype(np.float64), mask
+
+
+def test_identical():
+    hkl, amp, phase, mask = _data(0)
+    r, best, mpe = phase_r(amp, phase, phase, hkl, mask)
+    assert abs(r - 1.0) <= 1e-12
+    assert best == 0 and mpe == 0.0
+
+
+def test_identical_continuous_phases_and_2pi_wrap():
+    hkl, amp, phase, mask = _data(1, centric=False)
+    r, best, mpe = phase_r(amp, phase + 2 * np.pi * (np.arange(len(phase)) % 3), phase, hkl, mask)
+    assert abs(r - 1.0) <= 1e-12 and best == 0 and mpe < 1e-9
+
+
+def test_origin_shift_s100_flips_odd_h():
+    """t = (½, 0, 0): every reflection with odd h changes sign; r is still 1, at shift index s = (1, 0, 0)."""
+    hkl, amp, phase, mask = _data(2)
+    pred = np.where(hkl[:, 0] % 2 == 1, phase + np.pi, phase)
+    r_all = phase_r_all_shifts(amp[None], pred[None], phase[None], hkl, mask[None])[0]
+    w = np.where(mask, amp**2, 0.0)
+    odd = hkl[:, 0] % 2 == 1
+    assert r_all[0] == pytest.approx(1.0 - 2.0 * w[odd].sum() / w.sum(), abs=1e-12)  # r = 1 − 2W by hand
+    r, best, mpe = phase_r(amp, pred, phase, hkl, mask)
+    assert abs(r - 1.0) <= 1e-12 and mpe < 1e-9
+    assert tuple(ORIGIN_SHIFTS[best]) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("s", [tuple(v) for v in ORIGIN_SHIFTS])
+@pytest.mark.parametrize("centric", [True, False])
+def test_origin_shift_all_eight(s, centric):
+    hkl, amp, phase, mask = _data(3, centric=centric)
+    pred = phase + np.pi * (hkl @ np.array(s))  # F(h) exp(2πi h·s/2)
+    r, best, mpe = phase_r(amp, pred, phase, hkl, mask)
+    assert abs(r - 1.0) <= 1e-12
+    assert tuple(ORIGIN_SHIFTS[best]) == s
+    assert mpe < 1e-9
+
+
+def test_random_signs_score_near_zero():
+    hkl, amp, phase, mask = _data(4)
+    rows = []
+    for seed in range(200):
+        pred = np.pi * np.random.default_rng(1000 + seed).integers(0, 2, len(hkl))
+        rows.append(phase_r_all_shifts(amp[None], pred[None], phase[None], hkl, mask[None])[0])
+    rows = np.array(rows)  # (200, 8)
+    # one shift, not maximised: mean ~0 (σ of one value ≈ sqrt(Σ|F|⁴)/Σ|F|² ≈ 0.05 here)
+    assert abs(rows[:, 0].mean()) < 0.02
+    assert np.abs(rows[:, 0]).max() < 0.25
+    # maximised over the 8 origins: biased upwards but far below "solved"
+    assert rows.max(axis=1).max() < 0.4
+    r, _, mpe = phase_r(amp, np.pi * np.random.default_rng(7).integers(0, 2, len(hkl)), phase, hkl, mask)
+    assert abs(r) < 0.4
+    assert 75.0 < mpe < 95.0
+
+
+def test_random_continuous_phases_mpe_about_90():
+    hkl, amp, phase, mask = _data(5, centric=False)
+    pred = np.random.default_rng(8).uniform(0, 2 * np.pi, len(hkl))
+    r, _, mpe = phase_r(amp, pred, phase, hkl, mask)
+    assert abs(r) < 0.2
+    assert 80.0 < mpe < 100.0
+
+
+def test_r_is_one_minus_two_w_for_signs():
+    hkl, amp, phase, mask = _data(6)
+    wrong = np.random.default_rng(9).random(len(hkl)) < 0.1
+    pred = np.where(wrong, phase + np.pi, phase)
+    w = np.where(mask, amp**2, 0.0)
+    r_all = phase_r_all_shifts(amp[None], pred[None], phase[None], hkl, mask[None])[0]
+    assert r_all[0] == pytest.approx(1.0 - 2.0 * w[wrong].sum() / w.sum(), abs=1e-12)
+    # MPE with signs: 180° times the |F|-weighted wrong fraction (at shift 0, which wins here)
+    r, best, mpe = phase_r(amp, pred, phase, hkl, mask)
+    a = np.where(mask, amp, 0.0)
+    assert best == 0 and mpe == pytest.approx(180.0 * a[wrong].sum() / a.sum(), abs=1e-9)
+
+
+def test_mask_and_unobserved_entries_are_ignored():
+    hkl, amp, phase, mask = _data(10)
+    amp2 = amp.copy()
+    amp2[~mask] = np.nan  # unobserved may hold anything
+    pred = phase.copy()
+    pred[~mask] = np.nan
+    r, _, _ = phase_r(amp2, pred, phase, hkl, mask)
+    assert abs(r - 1.0) <= 1e-12
+
+
+def test_batch_matches_single():
+    hkl = phai_hkl()
+    rows = [_data(20 + i) for i in range(5)]
+    amp = np.stack([r[1] for r in rows])
+    true = np.stack([r[2] for r in rows])
+    mask = np.stack([r[3] for r in rows])
+    rng = np.random.default_rng(11)
+    pred = np.where(rng.random(true.shape) < 0.2, true + np.pi, true) + np.pi * (hkl[:, 0] % 2)
+    r, best, mpe = phase_r_batch(amp, pred, true, hkl, mask)
+    for i in range(5):
+        ri, bi, mi = phase_r(amp[i], pred[i], true[i], hkl, mask[i])
+        assert r[i] == pytest.approx(ri, abs=1e-14) and best[i] == bi and mpe[i] == pytest.approx(mi, abs=1e-12)
+    assert np.all(ORIGIN_SHIFTS[best][:, 0] == 1)
+
+
+def test_bad_input():
+    hkl, amp, phase, mask = _data(12)
+    with pytest.raises(ValueError):
+        phase_r(amp[:-1], phase, phase, hkl, mask)
+    with pytest.raises(ValueError):
+        phase_r(amp, phase, phase, hkl[:, :2], mask)
+    with pytest.raises(ValueError):
+        phase_r(amp, phase, phase, hkl, np.zeros_like(mask))  # nothing observed
+    with pytest.raises(ValueError):
+        phase_r(amp, phase, phase, np.vstack([hkl[:-1], [[0, 0, 0]]]), mask)
+    with pytest.raises(ValueError):
+        phase_r(amp[None], phase[None], phase[None], hkl, mask[None])  # batches go to phase_r_batch
+    with pytest.raises(ValueError):
+        summarise([0.5, np.nan])
+
+
+def test_summarise():
+    s = summarise([0.9, 0.8, 0.1, 0.5])
+    assert s == {"n": 4, "f_solved": 0.5, "median_r": pytest.approx(0.65)}
+    assert SOLVED_R == 0.8
+    e = summarise([])
+    assert e["n"] == 0 and np.isnan(e["f_solved"]) and np.isnan(e["median_r"])
+
+
+# ----------------------------------------------------------------------------------- r = map correlation
+
+
+def _p1_map(hkl: np.ndarray, amp: np.ndarray, phase: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
+    """ρ on an n³ grid from the listed reflections expanded to P1 by the P2₁/c operations plus Friedel.
+
+    F(h R) = F(h) exp(−2πi h·τ) for each operation (R, τ); F(−h) = F(h)*. Each listed reflection spreads its
+    |F|² evenly over the m distinct indices of its orbit, so a P1 index holds |F|²·(list copies in its orbit)/m and
+    the map's power equals the list's power reflection by reflection (the PhAI list holds the hk0 zone twice).
+    F000 = 0.
+    """
+    ops = space_group_ops(SG)
+    power = np.zeros((n, n, n))
+    phasor = np.zeros((n, n, n), dtype=np.complex128)
+    for h, a, p, m in zip(hkl, amp, phase, mask):
+        if not m:
+            continue
+        orbit = {}
+        for r, t in zip(ops.rot, ops.tran):
+            hr = tuple(int(v) for v in np.rint(h @ r))
+            ph = p - 2 * np.pi * float(h @ t)
+            orbit[hr] = ph
+            orbit[tuple(-v for v in hr)] = -ph
+        for hr, ph in orbit.items():
+            idx = tuple(v % n for v in hr)
+            power[idx] += a * a / len(orbit)
+            phasor[idx] = np.exp(1j * ph)  # the same for every list copy of one orbit
+    f = np.sqrt(power) * phasor
+    rho = np.fft.ifftn(f)  # exp(+2πi g·j/n); the sign convention is irrelevant for a correlation
+    assert np.abs(rho.imag).max() < 1e-9 * np.abs(rho.real).max()
+    return rho.real
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x = x - x.mean()
+    y = y - y.mean()
+    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
+
+
+def _structure_phases(rng: np.random.Generator, cell6, hkl, frac=None):
+    from builder.sf import sf_plan, structure_factors
+
+    if frac is None:
+        frac = rng.random((8, 3))
+    z = np.array([16, 8, 8, 7, 6, 6, 6, 6])
+    f = structure_factors(sf_plan(space_group_ops(SG), hkl), np.asarray(cell6), frac, z, np.ones(8),
+                          np.full(8, 0.02))
+    # signs straight from F (amplitudes_phases zeroes the phase of |F| <= 0.01 e, which can break the symmetry
+    # relation between the two hk0 copies of one orbit in the list)
+    return np.abs(f.real), np.where(f.real < 0, np.pi, 0.0), frac
+
+
+@pytest.mark.parametrize("case", ["perturbed", "independent", "shifted_perturbed"])
+def test_r_equals_map_correlation(case):
+    """r(t) = Pearson correlation of ρ_pred(x − t) and ρ_true(x), both from the true |F| (Parseval)."""
+    rng = np.random.default_rng({"perturbed": 1, "independent": 2, "shifted_perturbed": 3}[case])
+    hkl = phai_hkl().astype(np.int64)
+    cell6 = (7.0, 8.0, 9.0, 90.0, 100.0, 90.0)
+    amp, phase_true, frac = _structure_phases(rng, cell6, hkl)
+    if case == "independent":
+        _, phase_pred, _ = _structure_phases(rng, cell6, hkl)
+    else:
+        moved = frac + rng.normal(scale=0.03, size=frac.shape)
+        if case == "shifted_perturbed":
+            moved = moved + np.array([0.5, 0.0, 0.5])
+        _, phase_pred, _ = _structure_phases(rng, cell6, hkl, frac=moved)
+    mask = ~systematic_absences(SG, hkl) & (amp > 0.5)
+    r_all = phase_r_all_shifts(amp[None], phase_pred[None], phase_true[None], hkl, mask[None])[0]
+    r, best, _ = phase_r(amp, phase_pred, phase_true, hkl, mask)
+
+    n = 24  # > 2·h_max = 20: no aliasing
+    rho_true = _p1_map(hkl, amp, phase_true, mask, n)
+    rho_pred = _p1_map(hkl, amp, phase_pred, mask, n)
+    cc = np.array([_pearson(np.roll(rho_pred, tuple(n // 2 * s for s in sv), axis=(0, 1, 2)), rho_true)
+                   for sv in ORIGIN_SHIFTS])
+    np.testing.assert_allclose(r_all, cc, atol=1e-6)
+    assert r == pytest.approx(cc.max(), abs=1e-6) and best == int(np.argmax(cc))
+    if case == "shifted_perturbed":
+        assert tuple(ORIGIN_SHIFTS[best]) == (1, 0, 1) and r > 0.5
+    if case == "independent":
+        assert r < 0.5
