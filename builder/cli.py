@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from builder.build import build, deep_check, finalize, make_header, n_shards, parse_range
+from builder.compare import compare_command
 from builder.stats import stats_command
 from builder.strategy import builtin_strategies, load_strategy
 from manifests.schema import FORMATS, ManifestError, load_manifest, verify_dir
@@ -152,6 +153,7 @@ def strategies() -> None:
 
 
 cli.add_command(stats_command)
+cli.add_command(compare_command)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ gemmi, keeps the structures a *selection* admits, and writes one JSON file (sort
 * element frequencies of non-H atoms in general positions, on inversion centres and on other special positions
   (Table S1); the hydrogen mole fraction, the volume per non-H atom (Fig. S1), the mean U_iso (Fig. S2);
 * how many structures occupy 0, 1 or >1 inversion centres (§3.5), and the interatomic-distance histogram (Fig. 4);
+* the raw per-structure values (``values``: volume, sorted edges, monoclinic angle) for exact two-sample tests;
 * a ``priors`` block, the contract with the generator (``builder/strategy.py``)::
 
       "priors": {"elements_general": {"C": f, ...}, "elements_special": {...}, "lognormal_mu": μ,
@@ -57,7 +58,8 @@ from builder.elements import symbol
 
 __all__ = [
     "SCHEMA", "SPECIAL_TOL", "DIST_MAX", "DIST_BIN", "SELECTIONS", "StructureStats", "selection", "cif_files",
-    "read_structure", "collect", "summarise", "load_priors", "files_sha256", "write_json", "stats_command",
+    "read_structure", "structure_stats", "collect", "summarise", "distance_summary", "load_priors", "files_sha256",
+    "write_json", "stats_command",
 ]
 
 SCHEMA = "phaseforge.stats/1"
@@ -347,16 +349,38 @@ def _mean(v: np.ndarray) -> float | None:
 
 def _record(path: Path, predicate: Callable[[StructureStats], bool]) -> StructureStats:
     st, repaired = _read(path)
-    sg = st.spacegroup
     sites, skipped = _sites(st, path)
+    return _analyse(path.name, st.cell, st.spacegroup, sites, predicate, skipped=skipped, repaired=repaired)
+
+
+def structure_stats(name: str, cell: Sequence[float], spacegroup: str | gemmi.SpaceGroup, frac: np.ndarray,
+                    z: np.ndarray, occ: np.ndarray, uiso: np.ndarray | None = None) -> StructureStats:
+    """The record of a structure given as arrays (e.g. a generated one), computed by the same code as a CIF's.
+
+    `occ` is the chemical (CIF) occupancy of each asymmetric-unit site (1 for a whole atom, also on a special
+    position); no disorder groups. ValueError when no site is usable.
+    """
+    sg = spacegroup if isinstance(spacegroup, gemmi.SpaceGroup) else gemmi.SpaceGroup(spacegroup)
+    frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3)
+    z = np.asarray(z, dtype=np.int64)
+    occ = np.minimum(np.asarray(occ, dtype=np.float64), 1.0)
+    u = np.full(len(z), np.nan) if uiso is None else np.asarray(uiso, dtype=np.float64)
+    keep = (z > 0) & (occ > 0) & np.all(np.isfinite(frac), axis=1)
+    sites = _Sites(frac[keep], z[keep], occ[keep], np.zeros(int(keep.sum()), dtype=np.int64), u[keep])
+    return _analyse(name, gemmi.UnitCell(*map(float, cell)), sg, sites, lambda r: True,
+                    skipped=int((~keep).sum()))
+
+
+def _analyse(name: str, c: gemmi.UnitCell, sg: gemmi.SpaceGroup, sites: _Sites,
+             predicate: Callable[[StructureStats], bool], skipped: int = 0, repaired: bool = False
+             ) -> StructureStats:
     if len(sites.z) == 0:
         raise ValueError("no usable atom sites (unknown elements or zero occupancy)")
-    c = st.cell
     present = {int(v) for v in sites.z}
     has_metal = any(gemmi.Element(int(v)).is_metal for v in present)
     molecular = 6 in present and 1 in present
     rec = StructureStats(
-        name=path.name, spacegroup_number=sg.number, spacegroup=sg.xhm(), crystal_system=sg.crystal_system_str(),
+        name=name, spacegroup_number=sg.number, spacegroup=sg.xhm(), crystal_system=sg.crystal_system_str(),
         centrosymmetric=sg.is_centrosymmetric(), n_ops=len(sg.operations()),
         cell=(c.a, c.b, c.c, c.alpha, c.beta, c.gamma), volume=c.volume, molecular=molecular,
         compound_class=("metal-organic" if has_metal else "organic") if molecular else "inorganic",
@@ -510,6 +534,11 @@ def _distances(recs: list[StructureStats]) -> dict:
     return out
 
 
+def distance_summary(records: Sequence[StructureStats]) -> dict:
+    """The interatomic-distance block of a stats file (``distances``) for these records (Fig. 4's curve)."""
+    return _r(_distances([r for r in records if r.dist_hist is not None]))
+
+
 def _code_version() -> str:
     try:
         v = metadata.version("phaseforge")
@@ -591,6 +620,13 @@ def summarise(records: Sequence[StructureStats], meta: dict) -> dict:
                 "an atom; special_sites_any: all structures, asymmetric-unit sites with multiplicity > 1",
     }
     doc["distances"] = _distances(recs)
+    doc["values"] = {
+        "rule": "per selected structure, in file-name order: file name, cell volume (Å³), sorted edges a1 ≤ a2 ≤ a3 "
+                "(Å), monoclinic angle (obtuse; null when not monoclinic); rounded to 6 significant digits. For "
+                "exact two-sample tests against generated structures (`phaseforge-build compare`)",
+        "names": [r.name for r in recs], "volume": vol, "edges_sorted": edges,
+        "monoclinic_angle": [r.monoclinic_angle for r in recs],
+    }
     v_s, x_s = doc["composition"]["v_atom"]["summary"], doc["composition"]["x_h"]["summary"]
     doc["priors"] = {
         "elements_general": _prior_fractions(general["fractions"]),
