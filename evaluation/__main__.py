@@ -1,0 +1,4 @@
+"""`python -m evaluation` = `phaseforge-eval`."""
+from evaluation.cli import main
+
+main()

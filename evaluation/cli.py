@@ -1,0 +1,239 @@
+"""`phaseforge-eval`: run (a checkpoint or a baseline on a test set or CIF folder), compare, testset, fetch.
+
+    phaseforge-eval run --testset manifests/testsets/cod-p21c-small.json --checkpoint runs/x/best.pt --out reports/x
+    phaseforge-eval run --cifs my_cifs/ --method charge-flipping --out reports/cf
+    phaseforge-eval compare reports/x reports/cf --out reports/x-vs-cf
+
+Bad input (unknown test set, unreadable checkpoint, wrong option values) prints one line `error: …` on stderr
+and exits 2 before anything is written. The last line `run` prints is f(r ≥ 0.8) and median r.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["main", "cli"]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr, then exit (2 = bad input)."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def bad_input_exits(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as exc:
+            fail(" ".join(str(exc).split()))
+    return wrapper
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Evaluate phasing on real CIF test sets: f(r ≥ 0.8) and median r (Acta Cryst. A 2026; PhAI)."""
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown --device {device!r} (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here")
+    return str(dev)
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="structure", file=sys.stderr, disable=None, leave=False)
+
+
+@cli.command()
+@click.option("--testset", default=None,
+              help="Test-set manifest .json or shipped name (cod-p21c-small, cod-p21c-large).")
+@click.option("--cifs", type=click.Path(path_type=Path), default=None, help="A folder of .cif files instead.")
+@click.option("--select", type=click.Choice(["p21c-small", "p21c-large"]), default=None,
+              help="With --cifs: apply a test-set cell rule (others are listed as skipped).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Trainer checkpoint or bare PhAI state_dict (implies --method model).")
+@click.option("--method", type=click.Choice(["model", "charge-flipping", "random", "true"]), default=None)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Report folder.")
+@click.option("--d-min", type=float, default=1.0, show_default=True, help="Resolution limit (Å).")
+@click.option("--cycles", default="1..10", show_default=True, help="Cycle counts to scan: A..B, 1,3,5 or N.")
+@click.option("--random-starts", type=int, default=4, show_default=True)
+@click.option("--zero-start/--no-zero-start", default=True, show_default=True)
+@click.option("--fom", type=click.Choice(["confidence", "consistency"]), default="confidence", show_default=True,
+              help="Figure of merit for the pick that does not look at the true phases.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Network rows (structure × start).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes for charge flipping.")
+@click.option("--limit", type=int, default=None, help="Only the first N inputs.")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@bad_input_exits
+def run(testset, cifs, select, checkpoint, method, out, d_min, cycles, random_starts, zero_start, fom, seed,
+        device, batch_size, workers, limit, no_plots) -> None:
+    """Evaluate a checkpoint or a baseline; write report.json, results.csv, report.md and plots into --out."""
+    from builder.reflections import phai_hkl
+    from evaluation import report as rpt
+    from evaluation.run import evaluate, open_cif_dir, open_testset, prepare_all, reflection_meta
+
+    if (testset is None) == (cifs is None):
+        raise ValueError("give exactly one of --testset and --cifs")
+    if select is not None and cifs is None:
+        raise ValueError("--select applies to --cifs only (a test set is already selected)")
+    if checkpoint is not None and method not in (None, "model"):
+        raise ValueError(f"--checkpoint runs the model; drop it or --method {method}")
+    method = method or ("model" if checkpoint is not None else None)
+    if method is None:
+        raise ValueError("give --checkpoint or --method charge-flipping|random|true")
+    if method == "model" and checkpoint is None:
+        raise ValueError("--method model needs --checkpoint")
+    if not d_min > 0:
+        raise ValueError(f"--d-min must be > 0, got {d_min}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    _check_out_dir(out)
+    settings: dict[str, Any] = {"d_min": d_min, "seed": seed, "limit": limit, "space_group": "P 1 21/c 1"}
+    model = scan_cfg = ck_info = None
+    if method == "model":
+        from evaluation.recycle import ScanConfig, load_checkpoint, parse_cycles
+
+        scan_cfg = ScanConfig(cycles=parse_cycles(cycles), zero_start=zero_start, random_starts=random_starts,
+                              seed=seed, fom=fom, batch_size=batch_size)
+        dev = _resolve_device(device)
+        loaded = load_checkpoint(checkpoint, dev)
+        model, ck_info = loaded.model, loaded.info
+        hkl = phai_hkl(loaded.config.max_index)
+        settings.update(cycles=list(scan_cfg.cycles), zero_start=zero_start, random_starts=random_starts,
+                        starts=list(scan_cfg.start_names), fom=fom, batch_size=batch_size, device=dev)
+    else:
+        hkl = phai_hkl()
+    settings.update(reflection_meta(hkl))
+    inputs = open_testset(testset) if testset is not None else open_cif_dir(cifs, select)
+    prepared, skipped = prepare_all(inputs, hkl, d_min, select=select, limit=limit)
+    bar = _progress(len(prepared), method)
+    try:
+        rows, failed, seconds = evaluate(method, prepared, hkl, seed=seed, workers=workers, model=model,
+                                         scan_cfg=scan_cfg, progress=bar)
+    finally:
+        bar.close()
+    skipped = skipped + failed
+    rep = rpt.build_report(method, rows, skipped, inputs.meta, settings, ck_info)
+    timing = {"method_seconds": round(seconds, 3), "n": len(rows), "workers": workers,
+              "seconds_per_structure": round(seconds / len(rows), 4) if rows else None}
+    rpt.write_run(out, rep, rows, timing=timing, plots=not no_plots)
+    for s in skipped:
+        click.echo(f"skipped {s['id']}: {s['reason']}" + (f" ({s['detail']})" if s.get("detail") else ""))
+    click.echo(f"wrote {out}/report.json, results.csv, report.md" + ("" if no_plots else ", plots"))
+    click.echo(f"{len(rows)} structures in {seconds:.1f} s ({timing['seconds_per_structure']} s/structure), "
+               f"{len(skipped)} skipped")
+    if method == "model":
+        f = rep["fom"]
+        click.echo(f"FOM pick ({f['name']}): f(r>=0.8) = {f['f_solved']}, median r = {f['median_r']}")
+    elif method == "charge-flipping":
+        click.echo(f"raw (unsymmetrised): f(r>=0.8) = {rep['raw']['f_solved']}, median r = {rep['raw']['median_r']}")
+    click.echo(rpt.last_line(rep))
+
+
+@cli.command()
+@click.argument("reports", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--no-plots", is_flag=True)
+@bad_input_exits
+def compare(reports, out, no_plots) -> None:
+    """Put several report folders side by side: compare.md, compare.json and compare_r.png in --out."""
+    from evaluation.report import compare_reports, write_compare
+
+    if not reports:
+        raise ValueError("give one or more report folders")
+    _check_out_dir(out)
+    compare_reports(reports)  # validates every folder before anything is written
+    cmp = write_compare(out, reports, plots=not no_plots)
+    for r in cmp["runs"]:
+        click.echo(f"{r['label']}: n = {r['n']}, f(r>=0.8) = {r['f_solved']}, median r = {r['median_r']}")
+    click.echo(f"wrote {out}/compare.md, compare.json" + ("" if no_plots else ", compare_r.png"))
+
+
+@cli.command()
+@click.option("--cifs", type=click.Path(path_type=Path), required=True, help="Folder of <id>.cif files.")
+@click.option("--select", type=click.Choice(["p21c-small", "p21c-large"]), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Manifest .json to write.")
+@click.option("--archive", default=None, help="File name of the .tar.xz that ships these CIFs (recorded).")
+@bad_input_exits
+def testset(cifs, select, out, archive) -> None:
+    """Select a test set from a CIF folder into a manifest (ids, sha256, cell, volume, class, special positions)."""
+    from evaluation.testset import build_testset, write_testset
+
+    if not cifs.is_dir():
+        raise ValueError(f"--cifs {cifs} is not a directory")
+    if not any(cifs.glob("*.cif")):
+        raise ValueError(f"no .cif files in {cifs}")
+    if out.exists() and out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a .json file name")
+    ts = build_testset(cifs, select, archive=archive)
+    write_testset(ts, out)
+    click.echo(f"wrote {out}: {ts['count']} structures, {len(ts['skipped'])} skipped "
+               f"({', '.join(f'{k}: {v}' for k, v in ts['skipped_counts'].items()) or 'none'})")
+
+
+@cli.command()
+@click.option("--testset", required=True, help="Test-set manifest .json or shipped name.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the <id>.cif files.")
+@click.option("--base-url", default=None, help="Mirror serving <id>.cif (default: the COD).")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@bad_input_exits
+def fetch(testset, out, base_url, timeout) -> None:
+    """Download the CIFs of a test set by id and check their sha256 (mismatches are not written)."""
+    import json
+
+    from evaluation.fetch import COD_BASE_URL, FetchError, fetch_testset
+    from evaluation.testset import load_testset
+
+    try:
+        ts = load_testset(testset)
+    except FileNotFoundError:
+        raise ValueError(f"no test set {testset!r}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"test set {testset} is not valid JSON: {exc}") from None
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    try:
+        rep = fetch_testset(ts, out, base_url=base_url or COD_BASE_URL, timeout=timeout)
+    except FetchError as exc:
+        fail(str(exc), code=1)
+    for m in rep.mismatched:
+        click.echo(f"sha256 mismatch for {m['id']} (not written): got {m['got']}")
+    for f in rep.failed:
+        click.echo(f"failed {f['id']}: {f['error']}")
+    click.echo(f"{len(rep.downloaded)} downloaded, {len(rep.present)} already present, "
+               f"{len(rep.mismatched)} mismatched, {len(rep.failed)} failed -> {out}")
+    if not rep.ok:
+        sys.exit(1)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

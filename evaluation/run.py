@@ -1,0 +1,298 @@
+"""One evaluation run: inputs (test set or CIF folder) -> usable structures -> a method -> one row per structure.
+
+Data flow (DESIGN.md): CIF bytes -> `cif.parse_structure` (standard P 1 21/c 1) -> `cif.reflections` on the
+PhAI list (|F|, true phases, observed = d ≥ d_min and not absent) -> the method -> r per run, best per structure.
+An input that cannot be used becomes a `skipped` entry with a reason; it never stops the run.
+
+Methods: "model" (the recycling scan of `evaluation.recycle`), "charge-flipping", "random" (seeded signs) and
+"true" (the true phases, r = 1). Seeds are per structure, SeedSequence(seed, spawn_key=(purpose, key(id))), so a
+structure's result does not depend on the batch, the worker count, the input order or --limit.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import lzma
+import multiprocessing
+import os
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from builder.reflections import hkl_hash, phai_hkl
+from builder.sf import sf_plan
+from builder.symmetry import space_group_ops
+from evaluation.baselines import charge_flip, random_signs, true_phases
+from evaluation.cif import STANDARD_SETTING, Unusable, parse_structure, reflections
+from evaluation.metrics import phase_r_batch
+from evaluation.testset import iter_testset_cifs, load_testset, selection_reason, shipped_testset
+
+__all__ = ["METHODS", "Inputs", "Prepared", "open_testset", "open_cif_dir", "prepare_all", "evaluate",
+           "structure_key", "reflection_meta"]
+
+METHODS = ("model", "charge-flipping", "random", "true")
+_RANDOM_KEY, _CF_KEY = 3, 2  # spawn_key purposes (1 = random starts of the scan, evaluation.recycle)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Where the structures come from: (id, bytes or an error) pairs and what the report says about them."""
+
+    items: list[tuple[str, bytes | Unusable]]
+    meta: dict[str, Any]  # kind, name, sha256 (and select)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A usable structure: its descriptors and its data on the reflection list."""
+
+    id: str
+    cell6: np.ndarray
+    volume: float
+    compound_class: str
+    n_special: int
+    n_atoms: int
+    amp: np.ndarray  # (N,) |F|
+    phase: np.ndarray  # (N,) true phases, radians
+    observed: np.ndarray  # (N,) bool
+
+    def descriptors(self) -> dict[str, Any]:
+        return {"id": self.id, "volume": self.volume, "class": self.compound_class,
+                "n_special": self.n_special, "n_atoms": self.n_atoms}
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def _id_key(name: str) -> tuple[int, str]:
+    return (len(name), name)
+
+
+def open_testset(testset: str | os.PathLike) -> Inputs:
+    """A committed or user test-set manifest (path or shipped name such as "cod-p21c-small").
+
+    Raises:
+        ValueError: unknown test set, unreadable manifest, or an archive that lacks a file or has a wrong hash.
+    """
+    path = Path(testset)
+    try:
+        raw = path.read_bytes() if path.is_file() else shipped_testset(str(testset)).read_bytes()
+        ts = load_testset(testset)
+    except FileNotFoundError:
+        raise ValueError(f"no test set {str(testset)!r}: give a manifest .json or a shipped name "
+                         "(cod-p21c-small, cod-p21c-large)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"test set {testset} is not valid JSON: {exc}") from None
+    if not isinstance(ts, dict) or not isinstance(ts.get("entries"), list):
+        raise ValueError(f"test set {testset} has no entries list")
+    try:
+        items: list[tuple[str, bytes | Unusable]] = list(iter_testset_cifs(testset))
+    except (OSError, KeyError, EOFError, lzma.LZMAError, tarfile.TarError) as exc:
+        raise ValueError(f"cannot read the CIF archive of {testset}: {exc}") from None
+    name = path.stem if path.is_file() else str(testset)
+    return Inputs(items, {"kind": "testset", "name": name, "select": ts.get("select"),
+                          "sha256": hashlib.sha256(raw).hexdigest()})
+
+
+def open_cif_dir(cif_dir: str | os.PathLike, select: str | None = None) -> Inputs:
+    """Every `*.cif` of a folder (numeric id order); an unreadable file becomes an `Unusable` item.
+
+    Raises:
+        ValueError: not a folder, no .cif files in it, or an unknown selection.
+    """
+    root = Path(cif_dir)
+    if not root.is_dir():
+        raise ValueError(f"--cifs {root} is not a directory")
+    if select is not None:
+        selection_reason((1.0, 1.0, 1.0, 90.0, 90.0, 90.0), select)  # validates the name
+    paths = sorted(root.glob("*.cif"), key=lambda p: _id_key(p.stem))
+    if not paths:
+        raise ValueError(f"no .cif files in {root}")
+    items: list[tuple[str, bytes | Unusable]] = []
+    digest = hashlib.sha256()
+    for p in paths:
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            items.append((p.stem, Unusable("unreadable", " ".join(str(exc).split())[:200])))
+            digest.update(f"{p.name} unreadable\n".encode())
+            continue
+        items.append((p.stem, data))
+        digest.update(f"{p.name} {hashlib.sha256(data).hexdigest()}\n".encode())
+    return Inputs(items, {"kind": "cifs", "name": root.name, "select": select, "sha256": digest.hexdigest()})
+
+
+def prepare_all(inputs: Inputs, hkl: np.ndarray, d_min: float, select: str | None = None,
+                limit: int | None = None) -> tuple[list[Prepared], list[dict[str, str]]]:
+    """Ingest the inputs: usable structures, and skipped ones as {id, reason, detail}.
+
+    Args:
+        inputs: from `open_testset` / `open_cif_dir`.
+        hkl: the reflection list.
+        d_min: resolution limit (Å).
+        select: apply a test-set cell rule (reason "cell out of the selected range").
+        limit: only the first `limit` inputs.
+    """
+    plan = sf_plan(space_group_ops(STANDARD_SETTING), hkl)
+    good, skipped = [], []
+    for sid, data in inputs.items[:limit]:
+        try:
+            if isinstance(data, Unusable):
+                raise data
+            ing = parse_structure(data, sid)
+            if select is not None and (why := selection_reason(ing.cell6, select)) is not None:
+                raise Unusable("cell out of the selected range", why)
+            amp, phase, obs = reflections(ing, hkl, d_min, plan)
+            if not np.all(np.isfinite(amp[obs])) or float(np.sum(amp[obs].astype(np.float64) ** 2)) <= 0.0:
+                raise Unusable("no observed reflections", f"no observed power at d_min = {d_min} A")
+        except Unusable as exc:
+            skipped.append({"id": sid, "reason": exc.reason, "detail": exc.detail})
+            continue
+        except Exception as exc:  # noqa: BLE001 (one odd file must not stop the run; it is listed instead)
+            skipped.append({"id": sid, "reason": "ingestion failed", "detail": _short(exc)})
+            continue
+        good.append(Prepared(id=sid, cell6=ing.cell6, volume=ing.volume, compound_class=ing.compound_class,
+                             n_special=ing.n_special, n_atoms=ing.n_atoms, amp=amp,
+                             phase=phase.astype(np.float64), observed=obs))
+    return good, skipped
+
+
+def _score(p: Prepared, hkl: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """r and MPE of (K, N) phase sets (radians) of one structure."""
+    k = len(phases)
+    r, _, mpe = phase_r_batch(np.broadcast_to(p.amp, (k, len(hkl))), phases,
+                              np.broadcast_to(p.phase, (k, len(hkl))), hkl,
+                              np.broadcast_to(p.observed, (k, len(hkl))))
+    return r, mpe
+
+
+def structure_key(structure_id: str) -> int:
+    """A stable 64-bit integer of a structure id (sha256; never Python's hash())."""
+    return int.from_bytes(hashlib.sha256(structure_id.encode("utf-8")).digest()[:8], "little")
+
+
+def _rng(seed: int, purpose: int, sid: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(purpose, structure_key(sid))))
+
+
+def _simple(method: str, p: Prepared, hkl: np.ndarray, seed: int) -> dict[str, Any]:
+    ph = true_phases(p.phase) if method == "true" else random_signs(p.amp, _rng(seed, _RANDOM_KEY, p.id))
+    r, mpe = _score(p, hkl, ph[None])
+    return {**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0])}
+
+
+def _cf_task(args: tuple[Prepared, int]) -> dict[str, Any]:
+    """Charge flipping of one structure (top level, so worker processes can run it); {"error"} on failure."""
+    p, seed = args
+    hkl = phai_hkl()
+    try:
+        res = charge_flip(p.cell6, hkl, p.amp, p.observed, space_group=STANDARD_SETTING,
+                          rng=_rng(seed, _CF_KEY, p.id))
+    except Exception as exc:  # noqa: BLE001 (listed as skipped; the run goes on)
+        return {"id": p.id, "error": _short(exc)}
+    r, mpe = _score(p, hkl, np.stack([res.phase_polished, res.phase_raw, res.phase_sym]))
+    return {**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0]), "r_raw": float(r[1]),
+            "mpe_raw": float(mpe[1]), "r_sym": float(r[2]), "converged": bool(res.converged),
+            "cf_cycles": int(res.cycles), "r_cf": float(res.r_cf)}
+
+
+def _charge_flipping(prepared: list[Prepared], seed: int, workers: int, tick: Callable[[], None]) -> list[dict]:
+    tasks = [(p, seed) for p in prepared]
+    if workers <= 1 or len(tasks) <= 1:
+        out = []
+        for t in tasks:
+            out.append(_cf_task(t))
+            tick()
+        return out
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        out = []
+        for row in pool.map(_cf_task, tasks, chunksize=1):
+            out.append(row)
+            tick()
+        return out
+
+
+def _model_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg: Any,
+                tick: Callable[[], None]) -> list[dict]:
+    from evaluation.recycle import ScanInput, pick_runs, scan
+
+    class _Tick:
+        def update(self, _n: int) -> None:
+            tick()
+
+    inputs = [ScanInput(p.id, p.amp, p.observed) for p in prepared]
+    rows = []
+    starts, cycles = scan_cfg.start_names, scan_cfg.cycles
+    for p, res in zip(prepared, scan(model, hkl, inputs, scan_cfg, progress=_Tick())):
+        s_n, c_n, n = res.phase_deg.shape
+        r, mpe = _score(p, hkl, np.radians(res.phase_deg.reshape(-1, n).astype(np.float64)))
+        r, mpe = r.reshape(s_n, c_n), mpe.reshape(s_n, c_n)
+        picks = pick_runs(res, r)
+        row = {**p.descriptors()}
+        b, f = picks["best"], picks[scan_cfg.fom]
+        row.update(r=float(r[b]), mpe=float(mpe[b]), best_cycles=cycles[b[1]], best_start=starts[b[0]],
+                   fom_cycles=cycles[f[1]], fom_start=starts[f[0]],
+                   fom_value=float(getattr(res, scan_cfg.fom)[f]), fom_r=float(r[f]), fom_mpe=float(mpe[f]),
+                   confidence_r=float(r[picks["confidence"]]), consistency_r=float(r[picks["consistency"]]))
+        row["_r_by_cycle"] = r.max(axis=0)  # (C,) best over starts at each cycle count
+        row["_r_zero_by_cycle"] = r[0] if scan_cfg.zero_start else None
+        rows.append(row)
+    return rows
+
+
+def evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, seed: int = 0, workers: int = 1,
+             model: Any = None, scan_cfg: Any = None,
+             progress: Any = None) -> tuple[list[dict], list[dict[str, str]], float]:
+    """Run a method over prepared structures.
+
+    Args:
+        method: one of METHODS.
+        prepared: from `prepare_all` on the same `hkl`.
+        hkl: the reflection list.
+        seed: root seed (random signs, charge-flipping starts; the scan takes `scan_cfg.seed`).
+        workers: processes for charge flipping.
+        model: a PhAINet in eval mode (method "model").
+        scan_cfg: `evaluation.recycle.ScanConfig` (method "model").
+        progress: optional tqdm-like object, `update(1)` per structure.
+
+    Returns:
+        (rows in input order, failed structures as {id, reason, detail}, wall seconds of the method).
+
+    Raises:
+        ValueError: unknown method, or a model method without model / scan config.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+    def tick() -> None:
+        if progress is not None:
+            progress.update(1)
+
+    t0 = time.perf_counter()
+    prepared = list(prepared)
+    if method == "model":
+        if model is None or scan_cfg is None:
+            raise ValueError("method 'model' needs a model and a scan config")
+        rows = _model_rows(prepared, hkl, model, scan_cfg, tick)
+    elif method == "charge-flipping":
+        rows = _charge_flipping(prepared, seed, workers, tick)
+    else:
+        rows = []
+        for p in prepared:
+            rows.append(_simple(method, p, hkl, seed))
+            tick()
+    failed = [{"id": r["id"], "reason": f"{method} failed", "detail": r["error"]} for r in rows if "error" in r]
+    return [r for r in rows if "error" not in r], failed, time.perf_counter() - t0
+
+
+def reflection_meta(hkl: np.ndarray) -> dict[str, Any]:
+    """How the report names its reflection list."""
+    return {"reflections": len(hkl), "hkl_sha256": hkl_hash(hkl)}
