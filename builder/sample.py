@@ -30,10 +30,20 @@ def sample_rng(root_seed: int, strategy_id: int, index: int, stream: int) -> np.
                                                         spawn_key=(int(strategy_id), int(index), int(stream))))
 
 
+MAX_REDRAWS = 1000
+
+
 def generate_structure(strategy: Strategy, root_seed: int, index: int) -> Structure:
+    """Cell, then atoms. A structure left without atoms (a cell of ~100 Å³ whose one atom clashes with its own
+    images) has no diffraction to learn from: it is redrawn, cell and all, from the same two streams."""
     sid = strategy.strategy_id
-    cell = sample_cell(sample_rng(root_seed, sid, index, STREAM_CELL), strategy.cell)
-    return fill_atoms(sample_rng(root_seed, sid, index, STREAM_ATOMS), cell, strategy.space_group, strategy.fill)
+    rng_cell = sample_rng(root_seed, sid, index, STREAM_CELL)
+    rng_atoms = sample_rng(root_seed, sid, index, STREAM_ATOMS)
+    for _ in range(MAX_REDRAWS):
+        s = fill_atoms(rng_atoms, sample_cell(rng_cell, strategy.cell), strategy.space_group, strategy.fill)
+        if s.n_atoms:
+            return s
+    raise ValueError(f"strategy {strategy.name} gave {MAX_REDRAWS} empty structures in a row: raise V or lower V_atom")
 
 
 def generate_sample(strategy: Strategy, root_seed: int, index: int, with_reflections: bool = True) -> dict:

@@ -64,6 +64,8 @@ def structure_factors(plan: SFPlan, cell: np.ndarray, frac: np.ndarray, z: np.nd
                       uiso: np.ndarray) -> np.ndarray:
     """Complex F (H,) in electrons for the asymmetric unit (frac, z, occ, uiso) in `cell` (a, b, c, α, β, γ)."""
     n_hkl = len(plan.hkl)
+    if len(z) == 0:
+        return np.zeros(n_hkl, dtype=np.complex128)
     s2 = stol2(cell, plan.hkl)  # (H,)
     zs, inv = np.unique(np.asarray(z, dtype=np.int64), return_inverse=True)
     f0 = form_factors(zs, s2).astype(np.float32)[inv]  # (N, H)

@@ -106,3 +106,21 @@ def test_atom_counts_follow_eqs_18_19(strategies):
 
 def test_cordero_radii():
     assert [covalent_radius(z) for z in (1, 6, 7, 8)] == [0.31, 0.76, 0.71, 0.66]
+
+
+def test_tiny_cells_are_redrawn_rather_than_left_empty(tmp_path):
+    """A ~70 Å³ cell often cannot hold even one atom away from its own images: such draws are redrawn."""
+    from builder.strategy import load_strategy
+    from builder.sf import reflections_of
+    from builder.structure import Structure
+
+    path = tmp_path / "tiny.toml"
+    path.write_text('name = "tiny-cells"\n[cell]\nsampler = "uniform-volume"\nv_min = 64.0\nv_max = 90.0\n'
+                    '[fill]\nfiller = "molecules"\n[priors]\nstats = "cod-molecular"\n')
+    strat = load_strategy(path)
+    assert all(generate_structure(strat, 0, i).n_atoms > 0 for i in range(60))
+    empty = Structure(cell=np.array([5.0, 5.0, 5.0, 90.0, 100.0, 90.0]), frac=np.zeros((0, 3), np.float32),
+                      z=np.zeros(0, np.uint8), occ=np.zeros(0, np.float32), uiso=np.zeros(0, np.float32),
+                      space_group="P 1 21/c 1", n_special=0)
+    amp, phase = reflections_of(empty)
+    assert amp.shape == (1205,) and not amp.any() and not phase.any()
