@@ -1,0 +1,76 @@
+"""Loader throughput: batches/s and samples/s for tar and HDF5 shards with 0, 1 and 2 DataLoader workers.
+
+Timed from the first batch over 4 full rounds of window reads (each stream reads 4 shards), so shard reading,
+sha256 checks, parsing, augmentation (d_min mask) and collation all count in their true proportion; only
+the worker start-up is left out. workers = 0 means the main process. Prints one JSON object.
+
+    python -m benchmarks.bench_loader [--count 8000 --shard-size 1000 --data /tmp/phaseforge-bench-loader]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from builder.build import build, make_header
+from training.data import DataConfig, Loader, open_sources
+
+try:
+    from benchmarks.train_tiny_cpu import strategy
+except ImportError:  # run as a script
+    from train_tiny_cpu import strategy  # type: ignore
+
+
+def ensure(out: Path, fmt: str, count: int, shard_size: int, reflections: bool = True) -> Path:
+    if not (out / "manifest.json").is_file():
+        build(out, make_header(strategy("lognormal-molecules"), count, shard_size, fmt, 1, reflections),
+              workers=max(1, len(os.sched_getaffinity(0))), progress=False)
+    return out
+
+
+def rate(path: Path, workers: int, streams: int, shard_size: int, batch: int, verify: str = "sha256",
+         sf: str = "loader", rounds: int = 4) -> dict:
+    """Samples/s over `rounds` full rounds of window reads (each stream reads `rounds` shards), timed from the
+    first batch (worker start-up excluded, everything else included)."""
+    cfg = DataConfig(batch_size=batch, streams=streams, verify=verify, sf=sf)
+    t_start = time.perf_counter()
+    it = iter(Loader(open_sources([path], verify=verify), cfg, workers=workers))
+    next(it)
+    t_first = time.perf_counter() - t_start
+    n = rounds * streams * shard_size // batch - 1
+    t = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    dt = time.perf_counter() - t
+    it.close()
+    sps = n * batch / dt
+    return {"workers": workers, "samples_per_s": round(sps, 1),
+            "samples_per_s_per_worker": round(sps / max(workers, 1), 1), "batches": n + 1,
+            "first_batch_s": round(t_first, 2), "verify": verify}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=8000)
+    ap.add_argument("--shard-size", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--streams", type=int, default=4, help="loader streams (divisible by 1 and 2)")
+    ap.add_argument("--data", type=Path, default=Path("/tmp/phaseforge-bench-loader"))
+    args = ap.parse_args()
+    res = {"benchmark": "bench_loader", "cores": len(os.sched_getaffinity(0)), "batch_size": args.batch_size,
+           "streams": args.streams, "shard_size": args.shard_size, "results": {}}
+    for fmt in ("tar", "hdf5"):
+        path = ensure(args.data / fmt, fmt, args.count, args.shard_size)
+        res["results"][fmt] = [rate(path, w, args.streams, args.shard_size, args.batch_size) for w in (0, 1, 2)]
+    tar = args.data / "tar"
+    res["results"]["tar_verify_size"] = [rate(tar, 1, args.streams, args.shard_size, args.batch_size, "size")]
+    s_only = ensure(args.data / "tar-structures", "tar", min(args.count, 2000), 250, reflections=False)
+    res["results"]["tar_structures_only_F_in_loader"] = [
+        rate(s_only, w, args.streams, 250, args.batch_size) for w in (1, 2)]
+    print(json.dumps(res, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

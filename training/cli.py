@@ -1,0 +1,145 @@
+"""`phaseforge-train` (also `python -m training`): train PhAI on shard manifests.
+
+    phaseforge-train fit --train data/lognormal-molecules --val data/val --preset paper --out runs/lm
+    torchrun --nproc_per_node 8 -m training fit ...           # the same options, one process per GPU
+
+Bad input (unknown preset, missing or corrupt manifests, different reflection sets, an incompatible --resume,
+an existing run without --resume) prints one `error: ...` line on stderr and exits with status 2 before
+anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from manifests.schema import ManifestError, write_json_atomic
+from training.data import VERIFY_LEVELS
+from training.model import PRESETS
+from training.train import TrainConfig, fit, load_checkpoint
+
+__all__ = ["main", "cli"]
+
+
+def _fail(message: str) -> None:
+    lines = [ln.strip() for ln in str(message).strip().splitlines() if ln.strip()] or ["unknown error"]
+    line = lines[0]
+    if "Original Traceback" in str(message):  # re-raised from a DataLoader worker: the original error is last
+        line = lines[-1]
+        head = line.split(": ", 1)[0]
+        if ": " in line and " " not in head and head.endswith("Error"):
+            line = line.split(": ", 1)[1]
+    click.echo(f"error: {line}", err=True)
+    sys.exit(2)
+
+
+def _d_min(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        parts = [float(x) for x in text.split(":")]
+    except ValueError:
+        raise ValueError(f"--d-min {text!r}: give a number (fixed, e.g. 1.0) or a range LO:HI (e.g. 0:2)") from None
+    if len(parts) == 1:
+        return parts[0], parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise ValueError(f"--d-min {text!r}: give a number or LO:HI")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Train the PhAI network on artificial-structure shards (Acta Cryst. A 2026 recipe)."""
+
+
+@cli.command("fit")
+@click.option("--train", "train", multiple=True, help="Training manifest (file or directory); repeat to mix.")
+@click.option("--weight", "weights", type=float, multiple=True, help="Mixing weight per --train (default equal).")
+@click.option("--val", default=None, help="Held-out manifest for validation (loss, mean r, f(r >= 0.8)).")
+@click.option("--preset", default=None, help=f"Model preset: {', '.join(PRESETS)} [default: paper].")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
+@click.option("--steps", type=int, default=None, help="Total optimiser steps [default: 100000].")
+@click.option("--batch-size", type=int, default=None, help="Global batch size [default: 64].")
+@click.option("--lr", type=float, default=None, help="Initial learning rate [default: 5e-4].")
+@click.option("--schedule", default=None, help="'plateau' (5e-5, then 1e-5) or 'steps:S1,S2' [default: plateau].")
+@click.option("--seed", type=int, default=None, help="Seed of data order, augmentation, init [default: 0].")
+@click.option("--d-min", "d_min", default=None, help="Resolution mask: fixed '1.0' or range 'LO:HI' [default: 1.0].")
+@click.option("--drop", type=float, default=None, help="Remove a fraction ~U(0, DROP) of reflections [default: 0].")
+@click.option("--val-every", type=int, default=None, help="Validate every N steps [default: 1000].")
+@click.option("--val-samples", type=int, default=None, help="Validation samples [default: 512].")
+@click.option("--ckpt-every", type=int, default=None, help="Write last.pt every N steps [default: 1000].")
+@click.option("--log-every", type=int, default=None, help="Log train metrics every N steps [default: 50].")
+@click.option("--workers", type=int, default=None, help="Loader workers per process [default: 2].")
+@click.option("--streams", type=int, default=None,
+              help="Loader streams per process; --workers must divide it [default: 24].")
+@click.option("--verify", type=click.Choice(VERIFY_LEVELS), default=None, help="Shard check [default: sha256].")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N [default: auto].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt (omitted options: as saved).")
+@click.option("--progress/--no-progress", default=None, help="tqdm progress bar [default: on a terminal].")
+def fit_command(train, weights, val, preset, out, steps, batch_size, lr, schedule, seed, d_min, drop, val_every,
+                val_samples, ckpt_every, log_every, workers, streams, verify, compile_, device, resume,
+                progress) -> None:
+    """Train PhAI: stream the manifests, recycle, checkpoint; summary on stdout, metrics in OUT/metrics.jsonl."""
+    given = {"train": tuple(train) or None, "weights": tuple(weights) or None, "val": val, "preset": preset,
+             "steps": steps, "batch_size": batch_size, "lr": lr, "schedule": schedule, "seed": seed,
+             "d_min": _d_min(d_min), "drop": drop, "val_every": val_every, "val_samples": val_samples,
+             "ckpt_every": ckpt_every, "log_every": log_every, "workers": workers, "streams": streams,
+             "verify": verify, "compile": compile_, "device": device}
+    given = {k: v for k, v in given.items() if v is not None}
+    if resume:
+        saved = load_checkpoint(out / "last.pt")["config"]["train"]
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        base = {k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in fields}
+        cfg = TrainConfig(**{**base, **given})
+    else:
+        if "train" not in given:
+            raise ValueError("give at least one --train manifest")
+        cfg = TrainConfig(**given)
+    summary = fit(cfg, out, resume=resume, progress=progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json_atomic(out / "summary.json", summary)
+        _print_summary(summary)
+    if summary["stopped_by_signal"]:
+        sys.exit(128 + summary["stopped_by_signal"])
+
+
+def _print_summary(s: dict) -> None:
+    v, b, rs = s["last_val"], s["best"], s["random_signs"]
+    stop = (f" (stopped by {signal.Signals(s['stopped_by_signal']).name}; resume with --resume)"
+            if s["stopped_by_signal"] else "")
+    click.echo(f"trained {s['preset']} to step {s['steps']} ({s['steps_this_run']} this run, {s['seconds']} s, "
+               f"{s['samples_per_s']} samples/s on {s['world']} process(es)){stop}")
+    if s["final_train_loss"] is not None:
+        click.echo(f"  train loss (last 50 steps): {s['final_train_loss']:.4f}")
+    if v:
+        click.echo(f"  validation at step {s['steps']}: loss {v['loss']:.4f}, mean r {v['mean_r']:.4f}, "
+                   f"f(r>=0.8) {v['f_solved']:.3f} over {v['n']} structures; r by cycle {v['mean_r_by_cycle']}")
+    if rs:
+        click.echo(f"  random-sign baseline: mean r {rs['mean_r']:.4f}, f(r>=0.8) {rs['f_solved']:.3f}")
+    click.echo(f"  best validation loss {b['loss']:.4f} at step {b['step']}")
+    click.echo(f"  checkpoints: {s['checkpoints']['last']}, {s['checkpoints']['best']}")
+    click.echo(json.dumps(s, sort_keys=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `phaseforge-train`: every usage or input error is one `error:` line, exit status 2."""
+    try:
+        rv = cli.main(args=argv, prog_name="phaseforge-train", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted")
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `phaseforge-train`: show the help
+        click.echo(exc.format_message(), err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+    except (ValueError, ManifestError) as exc:
+        _fail(str(exc))
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,729 @@
+"""Shard streaming for PhAI training: manifests -> seeded, split, augmented batches (DESIGN.md "Data flow").
+
+Each rank runs `streams` virtual streams (default 24); the DataLoader's workers take them round-robin, so the
+batch sequence of a rank does not depend on the worker count as long as the worker count divides `streams`.
+One virtual stream is a pipeline of named stages:
+
+  shard list from the manifest (never a glob)
+  -> `stream_shard`      epoch e of a source is a permutation of its shards seeded by (seed, source, e);
+                         global stream g of G = world x streams takes positions g, g + G, g + 2G, ... of the
+                         concatenated epochs: `split_by_node` + `split_by_worker` done by arithmetic
+  -> `read_shard`        bytes read once, checked against the manifest (none | size | sha256), then parsed:
+                         tar through webdataset (tar_file_expander -> group_by_keys), HDF5 through h5py
+  -> `shuffle_window`    a window of `window` shards permuted, seeded by (seed, source, g, window index)
+  -> `mix_sources`       the source of each sample drawn by weight, seeded by (seed, g, batch index)
+  -> `to_sample`         |F| and phases (computed from the structure for structures-only shards), the
+                         observed mask: d >= d_min, minus a random fraction, minus systematic absences;
+                         seeded per (seed, source, epoch, key)
+  -> `collate`           a batch of raw |F|, phases, observed masks (and padded structures when F is made on
+                         the device by `training.sf_torch`)
+
+`prepare_batch` then max-normalises |F| over the observed set, scatters it onto the PhAI grid and builds the
+loss weight prior x not-absent. A stream's position is (batches made, window and offset per source): the
+checkpoint stores it and a resumed loader continues exactly, without replaying data.
+
+Why not `wds.split_by_node` / `wds.split_by_worker` / `wds.shuffle` themselves: they read the rank from the
+environment, tie the order to the worker count, and a reservoir shuffle cannot resume without replay
+(ecosystem-notes §3 pitfalls 1-6). The arithmetic above is the same split, made explicit and resumable.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import math
+import signal
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from builder.reflections import d_spacing, hkl_hash, phai_hkl, systematic_absences
+from builder.sf import SFPlan, amplitudes_phases, sf_plan, structure_factors
+from builder.symmetry import space_group_ops
+from manifests.schema import ManifestError, load_manifest, sha256_file
+
+__all__ = [
+    "DataConfig", "Source", "ShardError", "VERIFY_LEVELS", "SPACE_GROUP", "open_source", "open_sources",
+    "read_shard", "stream_shard", "node_streams", "worker_streams", "observed_mask", "to_sample", "collate",
+    "ShardStreams", "Loader", "compute_prior", "validation_batches", "prepare_batch", "Batch", "phase_r",
+    "consumed_shards", "make_rng", "random_sign_phases", "check_compatible", "reflections_from_structure",
+]
+
+VERIFY_LEVELS = ("none", "size", "sha256")
+SPACE_GROUP = "P 1 21/c 1"  # the loss's 8 origin shifts and the 0/pi phases are P2_1/c's
+SF_MODES = ("auto", "loader", "device")
+# Seed domains: one stream of random numbers per purpose (DESIGN.md "Determinism and seeds").
+_ORDER, _WINDOW, _MIX, _AUG, _SIGNS = 1, 2, 3, 4, 5
+
+
+def make_rng(seed: int, *key: int) -> np.random.Generator:
+    """A generator addressed by (seed, purpose, ...): SeedSequence(seed, spawn_key=key); no global state."""
+    return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=tuple(int(k) for k in key)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """How shards become batches. Defaults follow the Acta A 2026 retraining (d_min 1.0 A, complete data)."""
+
+    batch_size: int = 64                  # samples per batch on this rank
+    seed: int = 0                         # shard order, shuffles, source mixing and augmentation
+    d_min: tuple[float, float] = (1.0, 1.0)  # A; lo == hi: fixed (Acta A); (0, 2): PhAI (Larsen et al. 2024)
+    drop: float = 0.0                     # remove a fraction ~U(0, drop) of the observed reflections (PhAI: 0.15)
+    verify: str = "sha256"                # shard check before use: none | size | sha256
+    streams: int = 24                     # virtual streams per rank; the worker count must divide it
+    window: int = 1                       # shards per shuffle window
+    sf: str = "auto"                      # structures-only shards: F in the loader (numpy) or on the device (torch)
+    max_index: int = 10                   # PhAI reflection set
+
+    def __post_init__(self) -> None:
+        lo, hi = self.d_min
+        if not (self.batch_size >= 1 and self.streams >= 1 and self.window >= 1):
+            raise ValueError("batch_size, streams and window must be positive")
+        if not 0.0 <= lo <= hi:
+            raise ValueError(f"d_min range ({lo}, {hi}) must satisfy 0 <= lo <= hi")
+        if not 0.0 <= self.drop < 1.0:
+            raise ValueError(f"drop = {self.drop} must lie in [0, 1)")
+        if self.verify not in VERIFY_LEVELS:
+            raise ValueError(f"verify = {self.verify!r}: choose one of {', '.join(VERIFY_LEVELS)}")
+        if self.sf not in SF_MODES:
+            raise ValueError(f"sf = {self.sf!r}: choose one of {', '.join(SF_MODES)}")
+
+
+class ShardError(ManifestError):
+    """A shard that is missing, corrupt or unreadable; the message names the file."""
+
+
+# ----------------------------------------------------------------------------- sources
+
+@dataclass(frozen=True)
+class Source:
+    """One manifest's shard list (never a glob) and what the loader needs to know about it."""
+
+    manifest: str                  # path of manifest.json
+    directory: str
+    fmt: str                       # tar | hdf5
+    files: tuple[str, ...]
+    counts: tuple[int, ...]
+    sizes: tuple[int, ...]
+    sha256: tuple[str, ...]
+    weight: float
+    sid: int                       # strategy id: separates the random streams of different sources
+    name: str
+    root_seed: int
+    count: int
+    structures_only: bool
+    space_group: str
+    reflections: dict | None
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.files)
+
+    def describe(self) -> dict:
+        """What a checkpoint records about this source (and a resume compares)."""
+        return {"manifest": self.manifest, "strategy": self.name, "strategy_id": f"{self.sid:016x}",
+                "root_seed": self.root_seed, "count": self.count, "format": self.fmt, "weight": self.weight,
+                "manifest_sha256": sha256_file(Path(self.manifest))}
+
+
+def open_source(path: str | Path, weight: float = 1.0, verify: str = "sha256") -> Source:
+    """Load a manifest and check that its shards exist (and have the recorded size unless verify is 'none').
+
+    Raises:
+        ManifestError: missing or malformed manifest; ShardError: a missing or wrongly sized shard.
+    """
+    m, directory = load_manifest(path)
+    if not m["shards"]:
+        raise ManifestError(f"{directory / 'manifest.json'} lists no shards")
+    if not (isinstance(weight, (int, float)) and weight > 0 and math.isfinite(weight)):
+        raise ValueError(f"mixing weight {weight!r} for {path} must be a positive number")
+    src = Source(
+        manifest=str((directory / "manifest.json").resolve()), directory=str(directory.resolve()), fmt=m["format"],
+        files=tuple(e["file"] for e in m["shards"]), counts=tuple(int(e["count"]) for e in m["shards"]),
+        sizes=tuple(int(e["bytes"]) for e in m["shards"]), sha256=tuple(e["sha256"] for e in m["shards"]),
+        weight=float(weight), sid=int(m["strategy_id"], 16), name=m["strategy"].get("name", "?"),
+        root_seed=int(m["root_seed"]), count=int(m["count"]), structures_only=m["reflections"] is None,
+        space_group=m["strategy"].get("space_group", SPACE_GROUP), reflections=m["reflections"])
+    for f, size in zip(src.files, src.sizes):
+        p = directory / f
+        if not p.is_file():
+            raise ShardError(f"{p}: missing shard (listed in {src.manifest})")
+        if verify != "none" and p.stat().st_size != size:
+            raise ShardError(f"{p}: corrupt shard (size {p.stat().st_size}, manifest says {size})")
+    return src
+
+
+def open_sources(paths: Sequence[str | Path], weights: Sequence[float] | None = None, verify: str = "sha256",
+                 max_index: int = 10) -> list[Source]:
+    """Open several manifests to be mixed; they must share the model's reflection set and P2_1/c.
+
+    Raises:
+        ValueError / ManifestError: bad weights, another space group, or different reflection sets.
+    """
+    if not paths:
+        raise ValueError("no training manifest given")
+    weights = list(weights) if weights else [1.0] * len(paths)
+    if len(weights) != len(paths):
+        raise ValueError(f"{len(weights)} weights for {len(paths)} manifests: give one --weight per --train")
+    sources = [open_source(p, w, verify) for p, w in zip(paths, weights)]
+    check_compatible(sources, max_index)
+    return sources
+
+
+def check_compatible(sources: Sequence[Source], max_index: int = 10) -> None:
+    """The reflection sets must all be the model's, and the space group P2_1/c (ManifestError otherwise)."""
+    hkl = phai_hkl(max_index)
+    want = hkl_hash(hkl)
+    want_sg = space_group_ops(SPACE_GROUP).name
+    for s in sources:
+        if space_group_ops(s.space_group).name != want_sg:
+            raise ManifestError(f"{s.manifest}: space group {s.space_group}, but training is for {SPACE_GROUP} only")
+        r = s.reflections
+        if r is not None and (r.get("hkl_sha256") != want or int(r.get("count", -1)) != len(hkl)):
+            other = [t for t in sources if t.reflections is not None and t.reflections != r]
+            with_ = f" (and {other[0].manifest} uses {other[0].reflections.get('name')})" if other else ""
+            raise ManifestError(f"{s.manifest}: reflection set {r.get('name')!r} ({r.get('count')} reflections, "
+                                f"hkl sha256 {str(r.get('hkl_sha256'))[:12]}) is not the model's "
+                                f"phai-{len(hkl)} set (max index {max_index}){with_}: manifests with different "
+                                "reflection sets cannot be mixed")
+
+
+# ----------------------------------------------------------------------------- reading shards
+
+_DTYPE_CACHE: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+
+
+def _npy(buf: bytes) -> np.ndarray:
+    """Decode a .npy member without np.load's per-call overhead (headers are cached; v1 format only)."""
+    if buf[:6] != b"\x93NUMPY" or buf[6] != 1:
+        return np.load(io.BytesIO(buf), allow_pickle=False)
+    n = int.from_bytes(buf[8:10], "little")
+    header = buf[10:10 + n]
+    spec = _DTYPE_CACHE.get(header)
+    if spec is None:
+        d = np.lib.format.read_array_header_1_0(io.BytesIO(buf[8:]))
+        spec = _DTYPE_CACHE[header] = (np.dtype(d[2]), tuple(d[0]), bool(d[1]))
+    dtype, shape, fortran = spec
+    if dtype.hasobject:
+        raise ValueError("object arrays are not allowed in shards")
+    a = np.frombuffer(buf, dtype=dtype, offset=10 + n, count=math.prod(shape))
+    return a.reshape(shape, order="F" if fortran else "C")
+
+
+def _decode_member(key: str, value: bytes):
+    if key.endswith(".npy"):
+        return _npy(value)
+    if key.endswith(".json"):
+        return json.loads(value)
+    return value
+
+
+def _decode(sample: dict) -> dict:
+    """webdataset sample {'__key__', 'amplitude.npy': bytes, ...} -> {'__key__', 'amplitude': array, ...}."""
+    return {k.split(".", 1)[0] if not k.startswith("__") else k: (_decode_member(k, v) if not k.startswith("__")
+                                                                  else v) for k, v in sample.items()}
+
+
+_SKIP_IF_REFLECTIONS = ("frac.npy", "z.npy", "occ.npy", "uiso.npy", "meta.json")
+
+
+class _NotPlainUstar(Exception):
+    pass
+
+
+def _ustar_members(data: bytes, url: str, select, checksum: bool = True) -> Iterator[dict]:
+    """Members of an in-memory plain ustar archive as webdataset file samples {fname, data, __url__}.
+
+    Python's tarfile spends ~60 us per member header; this reads the fixed ustar fields directly (checksum
+    included unless the caller already checked the bytes' sha256). Anything else (pax/GNU headers, links, a bad checksum) raises _NotPlainUstar and the caller
+    falls back to webdataset's own tarfile-based expander.
+    """
+    off, n = 0, len(data)
+    while off + 512 <= n:
+        hdr = data[off:off + 512]
+        if hdr.count(0) == 512:
+            return
+        if hdr[257:262] != b"ustar" or hdr[156:157] not in (b"0", b"\0"):
+            raise _NotPlainUstar(hdr[156:157])
+        if checksum and int(hdr[148:156].strip(b"\0 ") or b"0", 8) != sum(hdr) - sum(hdr[148:156]) + 256:
+            raise _NotPlainUstar("checksum")
+        name = hdr[0:100].split(b"\0", 1)[0].decode()
+        prefix = hdr[345:500].split(b"\0", 1)[0].decode()
+        if prefix:
+            name = f"{prefix}/{name}"
+        size = int(hdr[124:136].strip(b"\0 ") or b"0", 8)
+        start = off + 512
+        if start + size > n:
+            raise _NotPlainUstar("truncated")
+        if select(name):
+            yield {"fname": name, "data": data[start:start + size], "__url__": url}
+        off = start + (size + 511) // 512 * 512
+    if off < n and data[off:].count(0) != n - off:
+        raise _NotPlainUstar("trailing bytes")
+
+
+def _parse_tar(data: bytes, url: str, need_atoms: bool, checksum: bool = True) -> list[dict]:
+    """Tar bytes -> samples: a webdataset pipeline (member iteration -> group_by_keys -> decode)."""
+    def select(name: str) -> bool:
+        return need_atoms or not name.endswith(_SKIP_IF_REFLECTIONS)
+
+    def members(_=None):
+        return _ustar_members(data, url, select, checksum)
+
+    try:
+        return list(wds.DataPipeline(members, wds.tariterators.group_by_keys, wds.map(_decode)))
+    except _NotPlainUstar:
+        pass
+    pipe = wds.DataPipeline(
+        lambda: iter([{"url": url, "stream": io.BytesIO(data)}]),
+        functools.partial(wds.tariterators.tar_file_expander, select_files=select),
+        wds.tariterators.group_by_keys,
+        wds.map(_decode),
+    )
+    return list(pipe)
+
+
+def _parse_hdf5(data: bytes, need_atoms: bool) -> list[dict]:
+    """HDF5 shard bytes -> samples (the file is opened here, inside the worker that reads it)."""
+    with h5py.File(io.BytesIO(data), "r") as f:
+        keys = f["key"][:]
+        cell = f["cell"][:]
+        refl = {n: f[n][:] for n in ("amplitude", "phase") if n in f}
+        atoms = {}
+        if need_atoms or not refl:
+            off = f["atom_offsets"][:]
+            atoms = {n: f[n][:] for n in ("frac", "z", "occ", "uiso")}
+    out = []
+    for i, k in enumerate(keys):
+        rec = {"__key__": k.decode(), "cell": cell[i]}
+        for n, a in refl.items():
+            rec[n] = a[i]
+        for n, a in atoms.items():
+            rec[n] = a[off[i]:off[i + 1]]
+        out.append(rec)
+    return out
+
+
+def read_shard(src: Source, shard: int, verify: str = "sha256", need_atoms: bool = False) -> list[dict]:
+    """Read shard `shard` of `src`, check it against the manifest, and parse it into sample dicts.
+
+    Raises:
+        ShardError: the shard is missing, its size or sha256 differs from the manifest, or it cannot be parsed.
+    """
+    path = Path(src.directory) / src.files[shard]
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ShardError(f"{path}: missing or unreadable shard ({exc.strerror}; listed in {src.manifest})") from None
+    if verify != "none" and len(data) != src.sizes[shard]:
+        raise ShardError(f"{path}: corrupt shard (size {len(data)}, manifest says {src.sizes[shard]})")
+    if verify == "sha256" and hashlib.sha256(data).hexdigest() != src.sha256[shard]:
+        raise ShardError(f"{path}: corrupt shard (sha256 differs from {src.manifest})")
+    need_atoms = need_atoms or src.structures_only
+    try:
+        recs = (_parse_tar(data, str(path), need_atoms, checksum=verify != "sha256") if src.fmt == "tar"
+                else _parse_hdf5(data, need_atoms))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is this shard's fault
+        raise ShardError(f"{path}: unreadable shard ({type(exc).__name__}: {exc})") from None
+    if len(recs) != src.counts[shard]:
+        raise ShardError(f"{path}: holds {len(recs)} samples, manifest says {src.counts[shard]}")
+    return recs
+
+
+# ----------------------------------------------------------------------------- order: split and shuffle
+
+@functools.lru_cache(maxsize=256)
+def _epoch_order(seed: int, sid: int, epoch: int, n: int) -> np.ndarray:
+    return make_rng(seed, _ORDER, sid, epoch).permutation(n)
+
+
+def stream_shard(src: Source, seed: int, g: int, n_global: int, q: int) -> tuple[int, int]:
+    """(shard, epoch) of the q-th shard of global stream g among n_global = world x streams.
+
+    The shard positions of all epochs are concatenated, epoch e being a permutation seeded by (seed, source, e);
+    stream g takes positions g, g + n_global, ... So in each epoch the ranks (and streams) get disjoint shards
+    when the shard count is a multiple of n_global, and nearly disjoint ones otherwise.
+    """
+    epoch, r = divmod(g + q * n_global, src.n_shards)
+    return int(_epoch_order(seed, src.sid, epoch, src.n_shards)[r]), epoch
+
+
+def node_streams(rank: int, world: int, streams: int) -> list[int]:
+    """split_by_node: the global stream ids of `rank`."""
+    return [rank * streams + v for v in range(streams)]
+
+
+def worker_streams(mine: list[int], start: int, worker: int, n_workers: int) -> list[int]:
+    """split_by_worker: round-robin order rotated to `start`, then every n_workers-th stream for `worker`.
+
+    The DataLoader interleaves workers one batch each, so the rank's batch sequence is the round-robin over
+    all its streams whatever the worker count (given the worker count divides the stream count).
+    """
+    order = mine[start:] + mine[:start]
+    return order[worker::n_workers]
+
+
+# ----------------------------------------------------------------------------- per-sample stage
+
+@functools.lru_cache(maxsize=4)
+def _reflection_context(max_index: int) -> tuple[np.ndarray, np.ndarray]:
+    hkl = phai_hkl(max_index)
+    absent = systematic_absences(SPACE_GROUP, hkl)
+    absent.setflags(write=False)
+    return hkl, absent
+
+
+@functools.lru_cache(maxsize=4)
+def _plan(max_index: int) -> SFPlan:
+    return sf_plan(space_group_ops(SPACE_GROUP), phai_hkl(max_index))  # one per process (it has scratch buffers)
+
+
+def reflections_from_structure(rec: dict, max_index: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """|F| and phases (float32) of a structures-only record, by the builder's own numpy structure factors."""
+    n = len(_reflection_context(max_index)[0])
+    if len(rec["z"]) == 0:  # an empty structure scatters nothing (builder.sf cannot take N = 0)
+        return np.zeros(n, np.float32), np.zeros(n, np.float32)
+    plan = _plan(max_index)
+    f = structure_factors(plan, np.asarray(rec["cell"], np.float64), rec["frac"], rec["z"], rec["occ"], rec["uiso"])
+    return amplitudes_phases(f, plan.real)
+
+
+def observed_mask(cell: np.ndarray, rng: np.random.Generator, cfg: DataConfig) -> tuple[np.ndarray, float]:
+    """Observed reflections: d >= d_min (fixed or ~U(lo, hi)), minus a fraction ~U(0, drop) of those, minus
+    systematic absences. Returns (mask (N,) bool, d_min)."""
+    hkl, absent = _reflection_context(cfg.max_index)
+    lo, hi = cfg.d_min
+    d_min = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+    obs = (d_spacing(cell, hkl) >= d_min) & ~absent
+    if cfg.drop > 0:
+        idx = np.flatnonzero(obs)
+        n_drop = int(round(rng.uniform(0.0, cfg.drop) * len(idx)))
+        if n_drop:
+            obs[rng.choice(idx, n_drop, replace=False)] = False
+    return obs, d_min
+
+
+def _sf_in_loader(cfg: DataConfig) -> bool:
+    if cfg.sf == "auto":  # the trainer resolves "auto" in the main process; this is for direct users
+        return not torch.cuda.is_available()
+    return cfg.sf == "loader"
+
+
+def to_sample(rec: dict, src_index: int, src: Source, epoch: int, cfg: DataConfig) -> dict:
+    """A shard record -> a training sample; the augmentation is seeded by (seed, source, epoch, key)."""
+    key = int(rec["__key__"])
+    cell = np.asarray(rec["cell"], dtype=np.float64)
+    out: dict[str, Any] = {"key": key, "source": src_index}
+    if "amplitude" in rec:
+        out["amplitude"] = np.asarray(rec["amplitude"], np.float32)
+        out["phase"] = np.asarray(rec["phase"], np.float32)
+    elif _sf_in_loader(cfg):
+        out["amplitude"], out["phase"] = reflections_from_structure(rec, cfg.max_index)
+    else:
+        out.update(cell=cell, frac=rec["frac"], z=rec["z"], occ=rec["occ"], uiso=rec["uiso"])
+    out["observed"], out["d_min"] = observed_mask(cell, make_rng(cfg.seed, _AUG, src.sid, epoch, key), cfg)
+    return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack samples into a batch of tensors; structures are zero-padded (Z = 0 scatters nothing)."""
+    b: dict[str, Any] = {
+        "key": torch.tensor([s["key"] for s in samples], dtype=torch.int64),
+        "source": torch.tensor([s["source"] for s in samples], dtype=torch.int64),
+        "observed": torch.from_numpy(np.stack([s["observed"] for s in samples])),
+        "d_min": torch.tensor([s["d_min"] for s in samples], dtype=torch.float32),
+    }
+    with_f = [s for s in samples if "amplitude" in s]
+    if len(with_f) == len(samples):
+        b["amplitude"] = torch.from_numpy(np.stack([s["amplitude"] for s in samples]))
+        b["phase"] = torch.from_numpy(np.stack([s["phase"] for s in samples]))
+        return b
+    if with_f:
+        raise ValueError("a batch mixes samples with and without reflections; use sf='loader' to mix such sources")
+    n = max(len(s["z"]) for s in samples)
+    pad = np.zeros((len(samples), n, 3), np.float32), np.zeros((len(samples), n), np.int64)
+    occ, uiso = np.zeros((len(samples), n), np.float32), np.zeros((len(samples), n), np.float32)
+    for i, s in enumerate(samples):
+        m = len(s["z"])
+        pad[0][i, :m], pad[1][i, :m], occ[i, :m], uiso[i, :m] = s["frac"], s["z"], s["occ"], s["uiso"]
+    b.update(cell=torch.from_numpy(np.stack([s["cell"] for s in samples])), frac=torch.from_numpy(pad[0]),
+             z=torch.from_numpy(pad[1]), occ=torch.from_numpy(occ), uiso=torch.from_numpy(uiso))
+    return b
+
+
+# ----------------------------------------------------------------------------- streams
+
+class _Cursor:
+    """Position of one global stream in one source: shuffle window k, offset j (in its permuted order)."""
+
+    def __init__(self, src: Source, cfg: DataConfig, g: int, n_global: int, k: int = 0, j: int = 0) -> None:
+        self.src, self.cfg, self.g, self.n_global = src, cfg, g, n_global
+        self.k, self.j = k, j
+        self.items: list[tuple[dict, int]] | None = None
+
+    def _load(self) -> None:
+        """shuffle_window: read the window's shards and permute their samples (seeded per stream and window)."""
+        cfg, items = self.cfg, []
+        for q in range(self.k * cfg.window, (self.k + 1) * cfg.window):
+            shard, epoch = stream_shard(self.src, cfg.seed, self.g, self.n_global, q)
+            items += [(r, epoch) for r in read_shard(self.src, shard, cfg.verify, need_atoms=False)]
+        perm = make_rng(cfg.seed, _WINDOW, self.src.sid, self.g, self.k).permutation(len(items))
+        self.items = [items[p] for p in perm]
+
+    def next(self) -> tuple[dict, int]:
+        if self.items is None:
+            self._load()
+        while self.j >= len(self.items):
+            self.k, self.j = self.k + 1, 0
+            self._load()
+        item = self.items[self.j]
+        self.j += 1
+        return item
+
+    def position(self) -> list[int]:
+        return [self.k, self.j]
+
+
+def stream_batches(sources: Sequence[Source], cfg: DataConfig, g: int, n_global: int,
+                   state: dict | None = None) -> Iterator[dict]:
+    """Batches of global stream g, forever; each carries the stream's position after it (`state`)."""
+    state = state or {}
+    cursors = [_Cursor(s, cfg, g, n_global, *pos) for s, pos in
+               zip(sources, state.get("cursors", [[0, 0]] * len(sources)))]
+    p = np.array([s.weight for s in sources], dtype=np.float64)
+    p /= p.sum()
+    j = int(state.get("batches", 0))
+    while True:
+        # mix_sources: which source each sample of batch j comes from
+        choice = (make_rng(cfg.seed, _MIX, g, j).choice(len(sources), cfg.batch_size, p=p) if len(sources) > 1
+                  else np.zeros(cfg.batch_size, dtype=np.int64))
+        samples = []
+        for c in choice:
+            rec, epoch = cursors[c].next()
+            samples.append(to_sample(rec, int(c), sources[c], epoch, cfg))
+        j += 1
+        batch = collate(samples)
+        batch["stream"] = g
+        batch["state"] = {"batches": j, "cursors": [cur.position() for cur in cursors]}
+        yield batch
+
+
+class ShardStreams(IterableDataset):
+    """An endless stream of batches for one rank; shards split by node and by worker (see module docstring)."""
+
+    def __init__(self, sources: Sequence[Source], cfg: DataConfig, rank: int = 0, world: int = 1,
+                 state: dict | None = None) -> None:
+        super().__init__()
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside world size {world}")
+        self.sources, self.cfg, self.rank, self.world = list(sources), cfg, rank, world
+        self.state = state or {"batches": 0, "streams": {}}
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        mine = node_streams(self.rank, self.world, self.cfg.streams)
+        start = int(self.state["batches"]) % self.cfg.streams
+        gens = [stream_batches(self.sources, self.cfg, g, self.world * self.cfg.streams,
+                               self.state["streams"].get(str(g)))
+                for g in worker_streams(mine, start, worker, n_workers)]
+        while True:
+            for gen in gens:
+                yield next(gen)
+
+
+def _worker_init(_: int) -> None:
+    # The main process handles Ctrl-C / SIGTERM (it checkpoints between steps); a worker killed first would make
+    # the DataLoader raise in the middle of a step. Workers therefore ignore both and are stopped by the
+    # DataLoader's own shutdown, which `Loader` runs when its iterator closes and at interpreter exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_LIVE: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _shutdown(it) -> None:
+    stop = getattr(it, "_shutdown_workers", None)
+    if stop is not None:
+        stop()
+
+
+@atexit.register
+def _shutdown_all() -> None:  # runs before multiprocessing's exit handler (atexit is LIFO)
+    for it in list(_LIVE):
+        _shutdown(it)
+
+
+class Loader:
+    """The rank's batch iterator (a DataLoader over `ShardStreams`) that remembers the position consumed.
+
+    `state_dict()` is the position after the last batch handed out (not after what workers prefetched), so a
+    checkpoint taken between steps resumes exactly.
+    """
+
+    def __init__(self, sources: Sequence[Source], cfg: DataConfig, rank: int = 0, world: int = 1,
+                 workers: int = 0, state: dict | None = None, pin_memory: bool = False) -> None:
+        if workers < 0 or (workers > 0 and cfg.streams % workers):
+            ok = [w for w in range(1, cfg.streams + 1) if cfg.streams % w == 0]
+            raise ValueError(f"--workers {workers}: the worker count must divide the {cfg.streams} loader streams "
+                             f"(0 or one of {', '.join(map(str, ok))})")
+        self.sources, self.cfg, self.rank, self.world, self.workers = list(sources), cfg, rank, world, workers
+        st = state or {"batches": 0, "streams": {}}
+        self._state = {"batches": int(st["batches"]), "streams": {str(k): v for k, v in st["streams"].items()}}
+        self.pin_memory = pin_memory
+
+    def __iter__(self) -> Iterator[dict]:
+        ds = ShardStreams(self.sources, self.cfg, self.rank, self.world,
+                          json.loads(json.dumps(self._state)))
+        dl = DataLoader(ds, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory,
+                        worker_init_fn=_worker_init if self.workers else None,
+                        prefetch_factor=4 if self.workers else None, persistent_workers=False)
+        it = iter(dl)
+        _LIVE.add(it)
+        try:
+            for batch in it:
+                self._state["batches"] += 1
+                self._state["streams"][str(int(batch["stream"]))] = batch["state"]
+                yield batch
+        finally:
+            _shutdown(it)
+
+    def state_dict(self) -> dict:
+        return json.loads(json.dumps(self._state))
+
+
+def consumed_shards(sources: Sequence[Source], cfg: DataConfig, rank: int, world: int,
+                    state: dict) -> set[tuple[int, int, int]]:
+    """(source, epoch, shard) of every window a rank has started reading, from its loader state."""
+    out = set()
+    for g_txt, st in state["streams"].items():
+        g = int(g_txt)
+        if not rank * cfg.streams <= g < (rank + 1) * cfg.streams:
+            raise ValueError(f"stream {g} does not belong to rank {rank}")
+        for si, (k, j) in enumerate(st["cursors"]):
+            last = k if j > 0 else k - 1
+            for q in range((last + 1) * cfg.window):
+                shard, epoch = stream_shard(sources[si], cfg.seed, g, world * cfg.streams, q)
+                out.add((si, epoch, shard))
+    return out
+
+
+# ----------------------------------------------------------------------------- prior, validation, batches
+
+def _records_in_order(src: Source, verify: str, need_atoms: bool = False) -> Iterator[dict]:
+    for shard in range(src.n_shards):
+        yield from read_shard(src, shard, verify, need_atoms)
+
+
+def _amplitudes(rec: dict, max_index: int) -> np.ndarray:
+    if "amplitude" in rec:
+        return np.asarray(rec["amplitude"], np.float64)
+    return reflections_from_structure(rec, max_index)[0].astype(np.float64)
+
+
+def compute_prior(sources: Sequence[Source], n_samples: int = 4096, verify: str = "sha256",
+                  max_index: int = 10) -> np.ndarray:
+    """PhAI's loss prior: the mean normalised |F| per reflection over (a sample of) the training manifests.
+
+    |F| is divided by its maximum over the non-absent reflections of the whole set (no resolution or
+    completeness mask), then averaged over the first samples of each manifest (in manifest order, n_samples
+    split by the mixing weights), and the per-source means are mixed by weight. Absent reflections get 0.
+
+    Returns:
+        (N,) float32.
+    """
+    _, absent = _reflection_context(max_index)
+    w = np.array([s.weight for s in sources], np.float64)
+    w /= w.sum()
+    prior = np.zeros(len(absent), np.float64)
+    for s, ws in zip(sources, w):
+        want = max(1, int(round(n_samples * ws)))
+        acc, n = np.zeros(len(absent), np.float64), 0
+        for rec in _records_in_order(s, verify):
+            amp = np.where(absent, 0.0, _amplitudes(rec, max_index))
+            top = amp.max()
+            if top > 0:
+                acc += amp / top
+                n += 1
+            if n >= want:
+                break
+        if n == 0:
+            raise ManifestError(f"{s.manifest}: no sample with non-zero amplitudes to compute the prior from")
+        prior += ws * acc / n
+    return prior.astype(np.float32)
+
+
+def validation_batches(src: Source, cfg: DataConfig, n_samples: int) -> list[dict]:
+    """The first n_samples of a held-out manifest in manifest order, masked as epoch 0: the same every time."""
+    cfg_val = dataclasses.replace(cfg, sf="loader")
+    samples = []
+    for rec in _records_in_order(src, cfg.verify):
+        samples.append(to_sample(rec, 0, src, 0, cfg_val))
+        if len(samples) >= n_samples:
+            break
+    return [collate(samples[i:i + cfg.batch_size]) for i in range(0, len(samples), cfg.batch_size)]
+
+
+@dataclass
+class Batch:
+    """What the model and loss take: see `prepare_batch`."""
+
+    amplitude: torch.Tensor   # (B, N) |F| / max observed |F|, 0 where not observed
+    grid: torch.Tensor        # (B, 2m+1, m+1, m+1) amplitude grid (PhAI input)
+    phase: torch.Tensor       # (B, N) true phases, radians
+    observed: torch.Tensor    # (B, N) bool
+    weight: torch.Tensor      # (B, N) prior x not absent
+
+
+def prepare_batch(batch: dict, prior: torch.Tensor, device: torch.device | str = "cpu",
+                  max_index: int = 10) -> Batch:
+    """Normalise and grid a loader batch on `device`; compute F there first for structures-only batches."""
+    from training.model import to_grid  # local: model imports nothing from here, keep it that way
+
+    hkl, absent = _reflection_context(max_index)
+    observed = batch["observed"].to(device, non_blocking=True)
+    if "amplitude" in batch:
+        amp = batch["amplitude"].to(device, non_blocking=True)
+        phase = batch["phase"].to(device, non_blocking=True)
+    else:
+        from training.sf_torch import structure_factors_torch
+        amp, phase = structure_factors_torch(*(batch[k].to(device) for k in ("cell", "frac", "z", "occ", "uiso")),
+                                             hkl=hkl, space_group=SPACE_GROUP)
+    amp = amp * observed                                                  # (B, N)
+    amp = amp / amp.amax(dim=1, keepdim=True).clamp_min(torch.finfo(amp.dtype).tiny)
+    not_absent = torch.from_numpy(~absent).to(device)
+    weight = (prior.to(device) * not_absent).expand_as(amp)              # (N,) -> (B, N)
+    return Batch(amplitude=amp, grid=to_grid(amp, hkl, max_index), phase=phase, observed=observed, weight=weight)
+
+
+def phase_r(pred_rad: torch.Tensor, true_rad: torch.Tensor, amplitude: torch.Tensor, observed: torch.Tensor,
+            signs: torch.Tensor) -> torch.Tensor:
+    """r = max over the 8 origin shifts of sum |F|^2 cos(dphi + 2 pi h.t) / sum |F|^2 over observed reflections.
+
+    Args:
+        pred_rad, true_rad, amplitude: (B, N); observed: (B, N) bool (absences already excluded);
+        signs: (8, N) (-1)^(h.s) from `training.loss.origin_shift_signs`.
+
+    Returns:
+        (B,) float32; 0 for a sample with nothing observed.
+    """
+    w = (amplitude.float() ** 2) * observed                                # (B, N)
+    c = torch.cos(pred_rad.float() - true_rad.float()) * w                 # (B, N)
+    num = c @ signs.to(c.device).T                                         # (B, 8)
+    return (num.amax(dim=1) / w.sum(dim=1).clamp_min(torch.finfo(torch.float32).tiny))
+
+
+def random_sign_phases(shape: tuple[int, int], seed: int) -> torch.Tensor:
+    """Random 0 / pi phases (the random-sign baseline), seeded."""
+    return torch.from_numpy(make_rng(seed, _SIGNS).integers(0, 2, size=shape) * np.pi).float()
