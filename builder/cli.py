@@ -1,7 +1,6 @@
 """`phaseforge-build`: shards, finalize, verify, inspect, strategies (and stats, compare)."""
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -13,26 +12,11 @@ from builder.build import build, deep_check, finalize, make_header, n_shards, pa
 from builder.compare import compare_command
 from builder.stats import stats_command
 from builder.strategy import builtin_strategies, load_strategy
-from manifests.schema import FORMATS, ManifestError, load_manifest, verify_dir
+from manifests.errors import bad_input_exits
+from manifests.schema import FORMATS, load_manifest, verify_dir
 from manifests.shardio import read_shard
 
 __all__ = ["main", "cli"]
-
-
-def fail(message: str, code: int = 2) -> None:
-    """One line on stderr naming the problem and the way out; exit 2 for bad input."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def bad_input_exits(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, ManifestError) as exc:
-            fail(str(exc))
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from builder.cell import CellConfig, sample_cell
 from builder.sample import STREAM_CELL, generate_structure, sample_rng
 from builder.strategy import STATS_DIR, Strategy, canonical_json, load_strategy
 from builder.symmetry import site_multiplicity, space_group_ops
+from manifests.errors import fail
 
 __all__ = ["SCHEMA", "QUANTITIES", "uniform_edges_lnv_pdf", "uniform_edges_volume_pdf", "uniform_edges_volume_cdf",
            "Sampled", "Database", "sample_strategy", "load_database", "monoclinic_angle", "ks_samples",
@@ -640,11 +640,6 @@ def compare(strategies: Sequence[str], stats_file: str | Path, count: int, seed:
     return doc
 
 
-def _fail(msg: str) -> None:
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(2)
-
-
 @click.command("compare")
 @click.option("--strategy", "strategies", multiple=True, required=True,
               help="built-in strategy name or .toml path; repeat for several")
@@ -665,7 +660,7 @@ def compare_command(strategies: tuple[str, ...], stats_file: str, count: int, se
     try:
         doc = compare(strategies, stats_file, count, seed, out, distance_count, command=cmd)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for name, s in doc["strategies"].items():
         ks = s["ks"]
         click.echo(f"{name}: D volume {_fmt(ks['volume'])}, distances {_fmt(ks['distances_all_atoms'])}")

@@ -43,7 +43,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
@@ -55,6 +54,7 @@ import numpy as np
 from scipy import stats as sps
 
 from builder.elements import symbol
+from manifests.errors import fail
 
 __all__ = [
     "SCHEMA", "SPECIAL_TOL", "DIST_MAX", "DIST_BIN", "SELECTIONS", "StructureStats", "selection", "cif_files",
@@ -701,11 +701,6 @@ def load_priors(path: str | Path) -> dict:
     return pri
 
 
-def _fail(msg: str) -> None:
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(2)
-
-
 @click.command("stats")
 @click.option("--cifs", "cifs", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="folder of CIF files (read in sorted order; not recursive)")
@@ -718,9 +713,9 @@ def stats_command(cifs: Path, select: str, out: Path | None) -> None:
     try:
         paths = cif_files(cifs)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not paths:
-        _fail(f"{cifs}: no *.cif files")
+        fail(f"{cifs}: no *.cif files")
     out = out or Path("manifests/stats") / f"{cifs.resolve().name}-{select}.json"
     records = collect(paths, select)
     doc = summarise(records, {"source_dir": cifs.resolve().name, "selection": select,
@@ -728,7 +723,7 @@ def stats_command(cifs: Path, select: str, out: Path | None) -> None:
                               "command": f"phaseforge-build stats --cifs .../{cifs.resolve().name} --select {select} "
                                          f"--out {out.name}"})
     if not doc["counts"]["selected"]:
-        _fail(f"{cifs}: no usable structure matches --select {select} "
+        fail(f"{cifs}: no usable structure matches --select {select} "
               f"({doc['counts']['unusable']} of {len(paths)} files unusable)")
     write_json(doc, out)
     n, bad = doc["counts"]["selected"], doc["counts"]["unusable"]

@@ -9,30 +9,15 @@ and exits 2 before anything is written. The last line `run` prints is f(r ≥ 0.
 """
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from manifests.errors import bad_input_exits, fail
+
 __all__ = ["main", "cli"]
-
-
-def fail(message: str, code: int = 2) -> None:
-    """One line on stderr, then exit (2 = bad input)."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def bad_input_exits(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ValueError as exc:
-            fail(" ".join(str(exc).split()))
-    return wrapper
 
 
 def _check_out_dir(out: Path) -> None:

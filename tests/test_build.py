@@ -1,8 +1,6 @@
 """Shard builds: same bytes every time, any worker count or range split, crash-safe, resumable, verifiable."""
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +12,7 @@ import pytest
 import webdataset as wds
 from click.testing import CliRunner
 
-from builder.build import build, deep_check, finalize, make_header
+from builder.build import deep_check
 from builder.cli import cli
 from builder.sample import generate_sample
 from builder.strategy import load_strategy

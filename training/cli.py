@@ -18,24 +18,13 @@ from pathlib import Path
 
 import click
 
+from manifests.errors import fail
 from manifests.schema import ManifestError, write_json_atomic
 from training.data import VERIFY_LEVELS
 from training.model import PRESETS
 from training.train import TrainConfig, fit, load_checkpoint
 
 __all__ = ["main", "cli"]
-
-
-def _fail(message: str) -> None:
-    lines = [ln.strip() for ln in str(message).strip().splitlines() if ln.strip()] or ["unknown error"]
-    line = lines[0]
-    if "Original Traceback" in str(message):  # re-raised from a DataLoader worker: the original error is last
-        line = lines[-1]
-        head = line.split(": ", 1)[0]
-        if ": " in line and " " not in head and head.endswith("Error"):
-            line = line.split(": ", 1)[1]
-    click.echo(f"error: {line}", err=True)
-    sys.exit(2)
 
 
 def _d_min(text: str | None) -> tuple[float, float] | None:
@@ -134,12 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        _fail("aborted")
+        fail("aborted")
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `phaseforge-train`: show the help
         click.echo(exc.format_message(), err=True)
         sys.exit(2)
     except click.ClickException as exc:
-        _fail(exc.format_message())
+        fail(exc.format_message())
     except (ValueError, ManifestError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     sys.exit(rv if isinstance(rv, int) else 0)
