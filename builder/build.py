@@ -125,6 +125,13 @@ def _kept_entry(out: Path, header: dict, shard: int) -> dict | None:
     return None
 
 
+def _remove_debris(out: Path, name: str) -> None:
+    """Temporary files a killed writer of this shard left; only this range's shards, so concurrent range builds
+    into one directory never touch each other's files."""
+    for debris in [*out.glob(f".{name}.partial-*"), *(out / _ENTRIES).glob(f".{name}.json.partial-*")]:
+        debris.unlink(missing_ok=True)
+
+
 def _claim(out: Path, header: dict) -> None:
     """Record the build header, or refuse when DIR holds a build of another configuration."""
     out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +162,7 @@ def build(out: str | Path, header: dict, shard_range: tuple[int, int] | None = N
     _claim(out, header)
     entries, todo = {}, []
     for s in range(a, b):
+        _remove_debris(out, shard_name(s, header["format"]))
         e = _kept_entry(out, header, s)
         if e is None:
             todo.append(s)

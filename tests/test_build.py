@@ -86,6 +86,7 @@ def test_resume_rebuilds_only_what_is_bad(tmp_path):
     assert shards_cmd(out).exit_code == 0
     assert digest(out) == reference
     assert (out / "shard-000000.tar").stat().st_mtime_ns == mtime0  # a good shard is kept, not rewritten
+    assert not list(out.glob(".*.partial-*"))
 
 
 def test_killed_build_leaves_no_partial_file_and_resumes(tmp_path):
