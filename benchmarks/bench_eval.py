@@ -24,7 +24,7 @@ import torch
 from builder.reflections import phai_hkl
 from evaluation.recycle import ScanConfig
 from evaluation.run import evaluate, open_testset, prepare_all
-from training.model import PhAINet, preset
+from training.model import seeded_model, preset
 
 
 def bench_ingest(testset: str) -> tuple[list, dict]:
@@ -37,8 +37,7 @@ def bench_ingest(testset: str) -> tuple[list, dict]:
 
 
 def bench_model(prepared: list, name: str, device: str, batch_size: int) -> dict:
-    torch.manual_seed(0)
-    model = PhAINet(preset(name)).to(device).eval()
+    model = seeded_model(preset(name), 0).to(device).eval()
     cfg = ScanConfig(batch_size=batch_size)
     hkl = phai_hkl(model.cfg.max_index)
     evaluate("model", prepared[:1], hkl, model=model, scan_cfg=cfg)  # warm-up (kernels, allocator)

@@ -19,7 +19,7 @@ import torch
 
 from builder.reflections import phai_hkl, systematic_absences
 from training.loss import phai_loss
-from training.model import PhAINet, hkl_grid_index, logits_to_phase_deg, preset, to_grid
+from training.model import seeded_model, hkl_grid_index, logits_to_phase_deg, preset, to_grid
 
 
 def step_fn(net, opt, hkl, index, grid_shape, autocast):
@@ -47,9 +47,7 @@ def step_fn(net, opt, hkl, index, grid_shape, autocast):
 
 def bench(name: str, batch: int, device: torch.device, repeats: int) -> dict:
     cfg = preset(name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = PhAINet(cfg).to(device)
+    net = seeded_model(cfg, 0).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=5e-4, weight_decay=1e-6)
     hkl = phai_hkl(cfg.max_index)
     gen = torch.Generator().manual_seed(0)

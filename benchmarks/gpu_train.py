@@ -31,7 +31,7 @@ import torch
 from builder.build import build, make_header
 from builder.reflections import phai_hkl
 from training.data import DataConfig, Loader, open_sources, prepare_batch, read_shard, collate, to_sample
-from training.model import PhAINet, hkl_grid_index, preset, to_grid
+from training.model import seeded_model, hkl_grid_index, preset, to_grid
 from training.train import n_cycles_at
 
 try:
@@ -113,9 +113,7 @@ def main() -> None:
 
     cfg = preset(args.preset)
     hkl = phai_hkl(cfg.max_index)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = PhAINet(cfg).to(device)
+    net = seeded_model(cfg, 0).to(device)
     res["params"] = sum(p.numel() for p in net.parameters())
     fwd = torch.compile(net) if args.compile else net
     opt = torch.optim.AdamW(net.parameters(), lr=5e-4, weight_decay=1e-6)

@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from evaluation.cli import cli
-from training.model import PhAINet, config_dict, tiny
+from training.model import seeded_model, config_dict, tiny
 
 CIF_DIR = Path(__file__).parent / "data" / "cif"
 SMALL = "manifests/testsets/cod-p21c-small.json"
@@ -42,8 +42,7 @@ def report(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(1)
-    m = PhAINet(tiny())
+    m = seeded_model(tiny(), 1)
     torch.save({"model": m.state_dict(), "config": {"model": config_dict(tiny())}, "train_state": {"step": 2}},
                d / "tiny.pt")
     torch.save(m.state_dict(), d / "bare.pt")

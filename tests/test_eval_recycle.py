@@ -11,7 +11,7 @@ import torch
 from builder.reflections import hkl_hash, phai_hkl
 from evaluation.recycle import (ScanConfig, ScanInput, ScanResult, config_from_state_dict, load_checkpoint,
                                 parse_cycles, pick_runs, scan, start_phases)
-from training.model import PhAINet, config_dict, logits_to_phase_deg, paper, recycle, tiny, to_grid
+from training.model import PhAINet, seeded_model, config_dict, logits_to_phase_deg, paper, recycle, tiny, to_grid
 
 KEYS = Path(__file__).parent / "data" / "phai-state-dict-keys.txt"
 HKL = phai_hkl()
@@ -19,8 +19,7 @@ HKL = phai_hkl()
 
 @pytest.fixture(scope="module")
 def tiny_model() -> PhAINet:
-    torch.manual_seed(0)
-    return PhAINet(tiny()).eval()
+    return seeded_model(tiny(), 0).eval()
 
 
 def _inputs(n: int, seed: int = 0) -> list[ScanInput]:

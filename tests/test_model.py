@@ -14,7 +14,7 @@ from builder.reflections import phai_hkl, systematic_absences
 from training.loss import SHIFTS, origin_shift_signs, phai_loss, phase_targets, weighted_ce_per_shift
 from training.model import (
     PRESETS, ModelConfig, PhAINet, config_dict, from_grid, hkl_grid_index, logits_to_phase_deg, paper,
-    preset, recycle, tiny, to_grid,
+    preset, recycle, seeded_model, tiny, to_grid,
 )
 
 KEYS_FILE = Path(__file__).parent / "data" / "phai-state-dict-keys.txt"
@@ -35,9 +35,7 @@ def _published_layout() -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _tiny_model(seed: int = 0) -> PhAINet:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return PhAINet(tiny()).eval()
+    return seeded_model(tiny(), seed).eval()
 
 
 def _grids(gen: torch.Generator, b: int = 2) -> tuple[torch.Tensor, torch.Tensor]:

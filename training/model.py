@@ -20,7 +20,7 @@ from builder.reflections import phai_hkl
 
 __all__ = [
     "ModelConfig", "paper", "small", "tiny", "PRESETS", "preset", "config_dict",
-    "PhAINet", "hkl_grid_index", "to_grid", "from_grid", "logits_to_phase_deg", "recycle",
+    "PhAINet", "seeded_model", "hkl_grid_index", "to_grid", "from_grid", "logits_to_phase_deg", "recycle",
 ]
 
 
@@ -217,6 +217,13 @@ class PhAINet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- grid helpers
+
+def seeded_model(cfg: ModelConfig, seed: int) -> "PhAINet":
+    """A freshly initialised PhAINet whose weights depend only on `seed` (the global torch RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PhAINet(cfg)
+
 
 def hkl_grid_index(hkl: np.ndarray | torch.Tensor, max_index: int = 10) -> torch.Tensor:
     """Flat index of each reflection in the (2m+1, m+1, m+1) grid [h + m, k, l] (PhAI, Larsen et al. 2024).

@@ -34,7 +34,7 @@ from manifests.schema import ManifestError, write_json_atomic
 from training.data import (DataConfig, Loader, compute_prior, make_rng, open_sources, phase_r, prepare_batch,
                            random_sign_phases, validation_batches)
 from training.loss import origin_shift_signs, phai_loss
-from training.model import PhAINet, config_dict, hkl_grid_index, logits_to_phase_deg, preset
+from training.model import seeded_model, config_dict, hkl_grid_index, logits_to_phase_deg, preset
 
 __all__ = ["TrainConfig", "LRSchedule", "fit", "load_checkpoint", "CHECKPOINT_FORMAT", "RESUMABLE", "n_cycles_at"]
 
@@ -360,9 +360,7 @@ def _run(cfg, out, ck, sources, sources_desc, val_src, model_cfg, data_cfg, devi
          log) -> dict:
     is_main, cuda = rank == 0, device.type == "cuda"
     hkl = phai_hkl(model_cfg.max_index)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        net = PhAINet(model_cfg).to(device)
+    net = seeded_model(model_cfg, cfg.seed).to(device)
     prior = (ck["prior"] if ck is not None else
              torch.from_numpy(compute_prior(sources, cfg.prior_samples, cfg.verify, model_cfg.max_index)))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
