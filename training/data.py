@@ -9,7 +9,7 @@ One virtual stream is a pipeline of named stages:
                          global stream g of G = world x streams takes positions g, g + G, g + 2G, ... of the
                          concatenated epochs: `split_by_node` + `split_by_worker` done by arithmetic
   -> `read_shard`        bytes read once, checked against the manifest (none | size | sha256), then parsed:
-                         tar through webdataset (tar_file_expander -> group_by_keys), HDF5 through h5py
+                         (training/shards.py) tar through webdataset or a plain-ustar fast path, HDF5 via h5py
   -> `shuffle_window`    a window of `window` shards permuted, seeded by (seed, source, g, window index)
   -> `mix_sources`       the source of each sample drawn by weight, seeded by (seed, g, batch index)
   -> `to_sample`         |F| and phases (computed from the structure for structures-only shards), the
@@ -31,26 +31,22 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
-import hashlib
-import io
 import json
-import math
 import signal
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import h5py
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from builder.reflections import d_spacing, hkl_hash, phai_hkl, systematic_absences
+from builder.reflections import d_spacing, phai_hkl, systematic_absences
 from builder.sf import SFPlan, amplitudes_phases, sf_plan, structure_factors
 from builder.symmetry import space_group_ops
-from manifests.schema import ManifestError, load_manifest, sha256_file
+from manifests.schema import ManifestError
+from training.shards import (SPACE_GROUP, VERIFY_LEVELS, ShardError, Source, check_compatible, open_source,
+                             open_sources, read_shard)
 
 __all__ = [
     "DataConfig", "Source", "ShardError", "VERIFY_LEVELS", "SPACE_GROUP", "open_source", "open_sources",
@@ -59,8 +55,6 @@ __all__ = [
     "consumed_shards", "make_rng", "random_sign_phases", "check_compatible", "reflections_from_structure",
 ]
 
-VERIFY_LEVELS = ("none", "size", "sha256")
-SPACE_GROUP = "P 1 21/c 1"  # the loss's 8 origin shifts and the 0/pi phases are P2_1/c's
 SF_MODES = ("auto", "loader", "device")
 # Seed domains: one stream of random numbers per purpose (DESIGN.md "Determinism and seeds").
 _ORDER, _WINDOW, _MIX, _AUG, _SIGNS = 1, 2, 3, 4, 5
@@ -97,247 +91,6 @@ class DataConfig:
             raise ValueError(f"verify = {self.verify!r}: choose one of {', '.join(VERIFY_LEVELS)}")
         if self.sf not in SF_MODES:
             raise ValueError(f"sf = {self.sf!r}: choose one of {', '.join(SF_MODES)}")
-
-
-class ShardError(ManifestError):
-    """A shard that is missing, corrupt or unreadable; the message names the file."""
-
-
-# ----------------------------------------------------------------------------- sources
-
-@dataclass(frozen=True)
-class Source:
-    """One manifest's shard list (never a glob) and what the loader needs to know about it."""
-
-    manifest: str                  # path of manifest.json
-    directory: str
-    fmt: str                       # tar | hdf5
-    files: tuple[str, ...]
-    counts: tuple[int, ...]
-    sizes: tuple[int, ...]
-    sha256: tuple[str, ...]
-    weight: float
-    sid: int                       # strategy id: separates the random streams of different sources
-    name: str
-    root_seed: int
-    count: int
-    structures_only: bool
-    space_group: str
-    reflections: dict | None
-
-    @property
-    def n_shards(self) -> int:
-        return len(self.files)
-
-    def describe(self) -> dict:
-        """What a checkpoint records about this source (and a resume compares)."""
-        return {"manifest": self.manifest, "strategy": self.name, "strategy_id": f"{self.sid:016x}",
-                "root_seed": self.root_seed, "count": self.count, "format": self.fmt, "weight": self.weight,
-                "manifest_sha256": sha256_file(Path(self.manifest))}
-
-
-def open_source(path: str | Path, weight: float = 1.0, verify: str = "sha256") -> Source:
-    """Load a manifest and check that its shards exist (and have the recorded size unless verify is 'none').
-
-    Raises:
-        ManifestError: missing or malformed manifest; ShardError: a missing or wrongly sized shard.
-    """
-    m, directory = load_manifest(path)
-    if not m["shards"]:
-        raise ManifestError(f"{directory / 'manifest.json'} lists no shards")
-    if not (isinstance(weight, (int, float)) and weight > 0 and math.isfinite(weight)):
-        raise ValueError(f"mixing weight {weight!r} for {path} must be a positive number")
-    src = Source(
-        manifest=str((directory / "manifest.json").resolve()), directory=str(directory.resolve()), fmt=m["format"],
-        files=tuple(e["file"] for e in m["shards"]), counts=tuple(int(e["count"]) for e in m["shards"]),
-        sizes=tuple(int(e["bytes"]) for e in m["shards"]), sha256=tuple(e["sha256"] for e in m["shards"]),
-        weight=float(weight), sid=int(m["strategy_id"], 16), name=m["strategy"].get("name", "?"),
-        root_seed=int(m["root_seed"]), count=int(m["count"]), structures_only=m["reflections"] is None,
-        space_group=m["strategy"].get("space_group", SPACE_GROUP), reflections=m["reflections"])
-    for f, size in zip(src.files, src.sizes):
-        p = directory / f
-        if not p.is_file():
-            raise ShardError(f"{p}: missing shard (listed in {src.manifest})")
-        if verify != "none" and p.stat().st_size != size:
-            raise ShardError(f"{p}: corrupt shard (size {p.stat().st_size}, manifest says {size})")
-    return src
-
-
-def open_sources(paths: Sequence[str | Path], weights: Sequence[float] | None = None, verify: str = "sha256",
-                 max_index: int = 10) -> list[Source]:
-    """Open several manifests to be mixed; they must share the model's reflection set and P2_1/c.
-
-    Raises:
-        ValueError / ManifestError: bad weights, another space group, or different reflection sets.
-    """
-    if not paths:
-        raise ValueError("no training manifest given")
-    weights = list(weights) if weights else [1.0] * len(paths)
-    if len(weights) != len(paths):
-        raise ValueError(f"{len(weights)} weights for {len(paths)} manifests: give one --weight per --train")
-    sources = [open_source(p, w, verify) for p, w in zip(paths, weights)]
-    check_compatible(sources, max_index)
-    return sources
-
-
-def check_compatible(sources: Sequence[Source], max_index: int = 10) -> None:
-    """The reflection sets must all be the model's, and the space group P2_1/c (ManifestError otherwise)."""
-    hkl = phai_hkl(max_index)
-    want = hkl_hash(hkl)
-    want_sg = space_group_ops(SPACE_GROUP).name
-    for s in sources:
-        if space_group_ops(s.space_group).name != want_sg:
-            raise ManifestError(f"{s.manifest}: space group {s.space_group}, but training is for {SPACE_GROUP} only")
-        r = s.reflections
-        if r is not None and (r.get("hkl_sha256") != want or int(r.get("count", -1)) != len(hkl)):
-            other = [t for t in sources if t.reflections is not None and t.reflections != r]
-            with_ = f" (and {other[0].manifest} uses {other[0].reflections.get('name')})" if other else ""
-            raise ManifestError(f"{s.manifest}: reflection set {r.get('name')!r} ({r.get('count')} reflections, "
-                                f"hkl sha256 {str(r.get('hkl_sha256'))[:12]}) is not the model's "
-                                f"phai-{len(hkl)} set (max index {max_index}){with_}: manifests with different "
-                                "reflection sets cannot be mixed")
-
-
-# ----------------------------------------------------------------------------- reading shards
-
-_DTYPE_CACHE: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
-
-
-def _npy(buf: bytes) -> np.ndarray:
-    """Decode a .npy member without np.load's per-call overhead (headers are cached; v1 format only)."""
-    if buf[:6] != b"\x93NUMPY" or buf[6] != 1:
-        return np.load(io.BytesIO(buf), allow_pickle=False)
-    n = int.from_bytes(buf[8:10], "little")
-    header = buf[10:10 + n]
-    spec = _DTYPE_CACHE.get(header)
-    if spec is None:
-        d = np.lib.format.read_array_header_1_0(io.BytesIO(buf[8:]))
-        spec = _DTYPE_CACHE[header] = (np.dtype(d[2]), tuple(d[0]), bool(d[1]))
-    dtype, shape, fortran = spec
-    if dtype.hasobject:
-        raise ValueError("object arrays are not allowed in shards")
-    a = np.frombuffer(buf, dtype=dtype, offset=10 + n, count=math.prod(shape))
-    return a.reshape(shape, order="F" if fortran else "C")
-
-
-def _decode_member(key: str, value: bytes):
-    if key.endswith(".npy"):
-        return _npy(value)
-    if key.endswith(".json"):
-        return json.loads(value)
-    return value
-
-
-def _decode(sample: dict) -> dict:
-    """webdataset sample {'__key__', 'amplitude.npy': bytes, ...} -> {'__key__', 'amplitude': array, ...}."""
-    return {k.split(".", 1)[0] if not k.startswith("__") else k: (_decode_member(k, v) if not k.startswith("__")
-                                                                  else v) for k, v in sample.items()}
-
-
-_SKIP_IF_REFLECTIONS = ("frac.npy", "z.npy", "occ.npy", "uiso.npy", "meta.json")
-
-
-class _NotPlainUstar(Exception):
-    pass
-
-
-def _ustar_members(data: bytes, url: str, select, checksum: bool = True) -> Iterator[dict]:
-    """Members of an in-memory plain ustar archive as webdataset file samples {fname, data, __url__}.
-
-    Python's tarfile spends ~60 us per member header; this reads the fixed ustar fields directly (checksum
-    included unless the caller already checked the bytes' sha256). Anything else (pax/GNU headers, links, a bad checksum) raises _NotPlainUstar and the caller
-    falls back to webdataset's own tarfile-based expander.
-    """
-    off, n = 0, len(data)
-    while off + 512 <= n:
-        hdr = data[off:off + 512]
-        if hdr.count(0) == 512:
-            return
-        if hdr[257:262] != b"ustar" or hdr[156:157] not in (b"0", b"\0"):
-            raise _NotPlainUstar(hdr[156:157])
-        if checksum and int(hdr[148:156].strip(b"\0 ") or b"0", 8) != sum(hdr) - sum(hdr[148:156]) + 256:
-            raise _NotPlainUstar("checksum")
-        name = hdr[0:100].split(b"\0", 1)[0].decode()
-        prefix = hdr[345:500].split(b"\0", 1)[0].decode()
-        if prefix:
-            name = f"{prefix}/{name}"
-        size = int(hdr[124:136].strip(b"\0 ") or b"0", 8)
-        start = off + 512
-        if start + size > n:
-            raise _NotPlainUstar("truncated")
-        if select(name):
-            yield {"fname": name, "data": data[start:start + size], "__url__": url}
-        off = start + (size + 511) // 512 * 512
-    if off < n and data[off:].count(0) != n - off:
-        raise _NotPlainUstar("trailing bytes")
-
-
-def _parse_tar(data: bytes, url: str, need_atoms: bool, checksum: bool = True) -> list[dict]:
-    """Tar bytes -> samples: a webdataset pipeline (member iteration -> group_by_keys -> decode)."""
-    def select(name: str) -> bool:
-        return need_atoms or not name.endswith(_SKIP_IF_REFLECTIONS)
-
-    def members(_=None):
-        return _ustar_members(data, url, select, checksum)
-
-    try:
-        return list(wds.DataPipeline(members, wds.tariterators.group_by_keys, wds.map(_decode)))
-    except _NotPlainUstar:
-        pass
-    pipe = wds.DataPipeline(
-        lambda: iter([{"url": url, "stream": io.BytesIO(data)}]),
-        functools.partial(wds.tariterators.tar_file_expander, select_files=select),
-        wds.tariterators.group_by_keys,
-        wds.map(_decode),
-    )
-    return list(pipe)
-
-
-def _parse_hdf5(data: bytes, need_atoms: bool) -> list[dict]:
-    """HDF5 shard bytes -> samples (the file is opened here, inside the worker that reads it)."""
-    with h5py.File(io.BytesIO(data), "r") as f:
-        keys = f["key"][:]
-        cell = f["cell"][:]
-        refl = {n: f[n][:] for n in ("amplitude", "phase") if n in f}
-        atoms = {}
-        if need_atoms or not refl:
-            off = f["atom_offsets"][:]
-            atoms = {n: f[n][:] for n in ("frac", "z", "occ", "uiso")}
-    out = []
-    for i, k in enumerate(keys):
-        rec = {"__key__": k.decode(), "cell": cell[i]}
-        for n, a in refl.items():
-            rec[n] = a[i]
-        for n, a in atoms.items():
-            rec[n] = a[off[i]:off[i + 1]]
-        out.append(rec)
-    return out
-
-
-def read_shard(src: Source, shard: int, verify: str = "sha256", need_atoms: bool = False) -> list[dict]:
-    """Read shard `shard` of `src`, check it against the manifest, and parse it into sample dicts.
-
-    Raises:
-        ShardError: the shard is missing, its size or sha256 differs from the manifest, or it cannot be parsed.
-    """
-    path = Path(src.directory) / src.files[shard]
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ShardError(f"{path}: missing or unreadable shard ({exc.strerror}; listed in {src.manifest})") from None
-    if verify != "none" and len(data) != src.sizes[shard]:
-        raise ShardError(f"{path}: corrupt shard (size {len(data)}, manifest says {src.sizes[shard]})")
-    if verify == "sha256" and hashlib.sha256(data).hexdigest() != src.sha256[shard]:
-        raise ShardError(f"{path}: corrupt shard (sha256 differs from {src.manifest})")
-    need_atoms = need_atoms or src.structures_only
-    try:
-        recs = (_parse_tar(data, str(path), need_atoms, checksum=verify != "sha256") if src.fmt == "tar"
-                else _parse_hdf5(data, need_atoms))
-    except Exception as exc:  # noqa: BLE001 - any parse failure is this shard's fault
-        raise ShardError(f"{path}: unreadable shard ({type(exc).__name__}: {exc})") from None
-    if len(recs) != src.counts[shard]:
-        raise ShardError(f"{path}: holds {len(recs)} samples, manifest says {src.counts[shard]}")
-    return recs
 
 
 # ----------------------------------------------------------------------------- order: split and shuffle
