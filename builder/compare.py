@@ -389,6 +389,54 @@ def _fig1(sampled: list[Sampled], db: Database, out: Path, n_label: str) -> None
     _save(fig, out)
 
 
+WIDE_EDGES = (4.0, 50.0)  # Fig. 1 right: a_n ~ U(4, 50 Å) against all database structures with 4 ≤ a_n ≤ 50 Å
+
+
+def wide_volume(db: Database, count: int, seed: int) -> dict:
+    """Fig. 1 (right): V of a_n ~ U(4, 50 Å) cells (sampled and eqs 1–5) against the database's cells in that
+    edge range, with the database's own log-normal fit; two-sample KS of the sampled volumes against it."""
+    if db.values is None:
+        raise ValueError(f"{db.path.name} has no per-structure values; regenerate it with `phaseforge-build stats`")
+    lo, hi = WIDE_EDGES
+    edges = np.array(db.doc["values"]["edges_sorted"], dtype=np.float64).reshape(-1, 3)
+    keep = (edges[:, 0] >= lo) & (edges[:, 2] <= hi)
+    db_v = db.values["volume"][keep]
+    cfg = CellConfig(sampler="uniform-edges", a_min=lo, a_max=hi, skew="none")
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x57494445,)))  # "WIDE": its own stream
+    gen_v = np.array([float(np.prod(sample_cell(rng, cfg)[:3])) for _ in range(count)])
+    ln = np.log(db_v)
+    return {"a_min": lo, "a_max": hi, "n_database": int(keep.sum()), "n_generated": count,
+            "database_lognormal_fit": {"mu": float(ln.mean()), "sigma": float(ln.std())},
+            "ks_uniform_edges": ks_samples(gen_v, db_v),
+            "ks_lognormal_fit": {"statistic": float(sps.kstest(ln, "norm", args=(ln.mean(), ln.std())).statistic)},
+            "_gen": gen_v, "_db": db_v}
+
+
+def _fig1_wide(wide: dict, db: Database, out: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5.6))
+    ax = fig.subplots()
+    bins = np.linspace(math.log(wide["a_min"] ** 3), math.log(wide["a_max"] ** 3), 61)
+    ax.hist(np.log(wide["_db"]), bins=bins, density=True, color="0.78", edgecolor="0.6",
+            label=f"database, {wide['a_min']:g} ≤ a_n ≤ {wide['a_max']:g} Å (n = {wide['n_database']})")
+    fit = wide["database_lognormal_fit"]
+    x = np.linspace(bins[0], bins[-1], 600)
+    ax.plot(x, sps.norm.pdf(x, fit["mu"], fit["sigma"]), "k--", lw=1.6,
+            label=f"database log-normal fit (μ = {fit['mu']:.3f}, σ = {fit['sigma']:.3f})")
+    ax.hist(np.log(wide["_gen"]), bins=bins, density=True, histtype="step", lw=1.6, color=_COLOURS[2],
+            label=f"a_n ~ U({wide['a_min']:g}, {wide['a_max']:g}) Å (n = {wide['n_generated']})")
+    c, f, _ = uniform_edges_lnv_pdf(wide["a_min"], wide["a_max"])
+    ax.plot(c, f, color=_COLOURS[2], lw=2.0, ls=":", label="analytic f_lnV (eqs 1–5)")
+    ticks = [100, 1000, 10000, 100000]
+    ax.set_xticks([math.log(t) for t in ticks], [f"{t:,}" for t in ticks])
+    ax.set(xlabel="cell volume V (Å³, log scale)", ylabel="probability density per ln V",
+           title=f"Fig. 1 (right) — edges up to {wide['a_max']:g} Å, database {db.path.stem}")
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
+    fig.tight_layout()
+    _save(fig, out)
+
+
 def _fig2(sampled: list[Sampled], db: Database, out: Path, n_label: str) -> None:
     from matplotlib.figure import Figure
 
@@ -566,6 +614,14 @@ def _markdown(doc: dict) -> str:
         for name, a in doc["analytic_fv"].items():
             lines.append(f"* {name}: a_n ~ U({a['a_min']:g}, {a['a_max']:g}) Å, ∫ f_V dV = {a['integral']:.6f}, "
                          f"D = {a['ks_statistic']:.4f}, p = {a['ks_pvalue']:.3f} (n = {a['n']})")
+    if doc.get("wide_volume"):
+        w = doc["wide_volume"]
+        ks = w["ks_uniform_edges"]
+        lines += ["", f"## Fig. 1 (right): edges up to {w['a_max']:g} Å", "",
+                  f"Database `{w['database']}` cells with {w['a_min']:g} ≤ a_n ≤ {w['a_max']:g} Å: n = {w['n_database']}, "
+                  f"log-normal fit μ = {w['database_lognormal_fit']['mu']:.3f}, σ = {w['database_lognormal_fit']['sigma']:.3f} "
+                  f"(KS D of ln V against it {w['ks_lognormal_fit']['statistic']:.3f}); a_n ~ U({w['a_min']:g}, "
+                  f"{w['a_max']:g}) Å against the database: D = {ks['statistic']:.3f} (p = {ks['pvalue']:.2g})."]
     fit = doc["database"]["lognormal_fit"]
     lines += ["", f"Database log-normal fit: μ = {fit['mu']:.4f}, σ = {fit['sigma']:.4f} "
                   f"(KS of the database against its own fit: D = {fit.get('ks_statistic', float('nan')):.3f}, "
@@ -576,8 +632,10 @@ def _markdown(doc: dict) -> str:
 
 
 def compare(strategies: Sequence[str], stats_file: str | Path, count: int, seed: int, out: str | Path,
-            distance_count: int | None = None, progress: bool | None = None, command: str | None = None) -> dict:
-    """Generate, test and plot; writes DIR/{fig1..fig4}.png, compare.json, compare.md and returns the JSON doc."""
+            distance_count: int | None = None, progress: bool | None = None, command: str | None = None,
+            wide_stats: str | Path | None = None) -> dict:
+    """Generate, test and plot; writes DIR/{fig1..fig4}.png, compare.json, compare.md and returns the JSON doc.
+    With `wide_stats` (e.g. cod-all) also Fig. 1's right panel: edges up to 50 Å against that database."""
     if count < 2:
         raise ValueError(f"--count must be at least 2, got {count}")
     if distance_count is not None and distance_count < 1:
@@ -591,6 +649,7 @@ def compare(strategies: Sequence[str], stats_file: str | Path, count: int, seed:
     if len(set(names)) != len(names):
         raise ValueError(f"two strategies have the same name: {', '.join(names)}")
     db = load_database(stats_file)
+    db_wide = load_database(wide_stats) if wide_stats is not None else None
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory")
@@ -603,6 +662,11 @@ def compare(strategies: Sequence[str], stats_file: str | Path, count: int, seed:
     _fig2(sampled, db, out / figures[1], n_label)
     _fig3(sampled, db, out / figures[2], n_label)
     _fig4(sampled, db, out / figures[3])
+    wide = None
+    if db_wide is not None:
+        wide = wide_volume(db_wide, count, seed)
+        figures.append("fig1b_volume_wide.png")
+        _fig1_wide(wide, db_wide, out / figures[-1])
 
     der = db.doc.get("derivation", {})
     fit = db.doc["cell"]["volume"]["lognormal_fit"]
@@ -618,6 +682,8 @@ def compare(strategies: Sequence[str], stats_file: str | Path, count: int, seed:
         "strategies": {},
         "analytic_fv": {},
     }
+    if wide is not None:
+        doc["wide_volume"] = {"database": db_wide.path.name, **{k: v for k, v in wide.items() if not k.startswith("_")}}
     for s in sampled:
         cfg = s.strategy.cell
         doc["strategies"][s.name] = {
@@ -651,14 +717,17 @@ def compare(strategies: Sequence[str], stats_file: str | Path, count: int, seed:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="output folder")
 @click.option("--distance-count", type=int, default=None,
               help="structures per strategy for the distance curves [default: all --count]")
+@click.option("--wide-stats", default=None,
+              help="also Fig. 1 right: a_n ~ U(4, 50 Å) against this stats file's cells (e.g. cod-all)")
 def compare_command(strategies: tuple[str, ...], stats_file: str, count: int, seed: int, out: Path,
-                    distance_count: int | None) -> None:
+                    distance_count: int | None, wide_stats: str | None) -> None:
     """Generated vs database distributions: the paper's Figs 1–4 as PNGs, KS tests in compare.json/.md."""
     cmd = " ".join(["phaseforge-build compare", *[f"--strategy {s}" for s in strategies], f"--stats {stats_file}",
                     f"--count {count}", f"--seed {seed}", f"--out {out}"]
-                   + ([f"--distance-count {distance_count}"] if distance_count is not None else []))
+                   + ([f"--distance-count {distance_count}"] if distance_count is not None else [])
+                   + ([f"--wide-stats {wide_stats}"] if wide_stats is not None else []))
     try:
-        doc = compare(strategies, stats_file, count, seed, out, distance_count, command=cmd)
+        doc = compare(strategies, stats_file, count, seed, out, distance_count, command=cmd, wide_stats=wide_stats)
     except ValueError as exc:
         fail(str(exc))
     for name, s in doc["strategies"].items():
