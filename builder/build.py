@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing as mp
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,19 @@ from tqdm import tqdm
 from builder.reflections import PHAI_SET, hkl_hash, phai_hkl
 from builder.sample import generate_sample
 from builder.strategy import Strategy, canonical_json
-from manifests.schema import (MANIFEST_NAME, MANIFEST_VERSION, assemble, header_of,
-                              load_manifest, member_schema, sha256_file, shard_name, verify_dir, write_json_atomic)
+from manifests.schema import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    assemble,
+    header_of,
+    load_manifest,
+    member_schema,
+    package_version,
+    sha256_file,
+    shard_name,
+    verify_dir,
+    write_json_atomic,
+)
 from manifests.shardio import read_shard, write_shard
 
 __all__ = ["make_header", "n_shards", "parse_range", "build", "build_shard", "finalize", "deep_check",
@@ -30,13 +40,6 @@ __all__ = ["make_header", "n_shards", "parse_range", "build", "build_shard", "fi
 
 _HEADER_FILE = ".build.json"
 _ENTRIES = ".entries"
-
-
-def package_version() -> str:
-    try:
-        return version("phaseforge")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def make_header(strategy: Strategy, count: int, shard_size: int, fmt: str, seed: int,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.testset import load_testset
+from manifests.schema import sha256_file
 
 __all__ = ["FetchError", "FetchReport", "fetch_testset"]
 
@@ -40,14 +41,6 @@ class FetchReport:
     def ok(self) -> bool:
         """Every file of the test set is now in place with the right hash."""
         return not self.mismatched and not self.failed
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _download(url: str, timeout: float) -> bytes:
@@ -89,7 +82,7 @@ def fetch_testset(testset_json: str | os.PathLike | Mapping[str, Any], out_dir: 
     for entry in ts["entries"]:
         cid, want = str(entry["id"]), entry["sha256"]
         target = out / f"{cid}.cif"
-        if target.is_file() and _sha256_file(target) == want:
+        if target.is_file() and sha256_file(target) == want:
             report.present.append(cid)
             continue
         url = f"{base}{cid}.cif"

@@ -28,7 +28,6 @@ state_dict of any preset loads) and, when the checkpoint also stores one, cross-
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pickle
 import re
@@ -41,7 +40,15 @@ import torch
 
 from builder.reflections import hkl_hash, phai_hkl
 from evaluation.run import structure_key
-from training.model import ModelConfig, PhAINet, config_dict, logits_to_phase_deg, recycle, to_grid
+from manifests.schema import sha256_file
+from training.model import (
+    ModelConfig,
+    PhAINet,
+    config_dict,
+    logits_to_phase_deg,
+    recycle,
+    to_grid,
+)
 
 __all__ = [
     "FOMS", "ScanConfig", "ScanInput", "ScanResult", "LoadedModel", "parse_cycles", "config_from_state_dict",
@@ -189,14 +196,6 @@ def _torch_load(path: Path) -> Any:
         raise fail(exc) from None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a trainer checkpoint or a bare (published) PhAI state_dict for inference.
 
@@ -219,7 +218,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     obj = _torch_load(p)
     if not isinstance(obj, Mapping):
         raise ValueError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict")
-    info: dict[str, Any] = {"name": p.name, "sha256": _sha256(p)}
+    info: dict[str, Any] = {"name": p.name, "sha256": sha256_file(p)}
     weights = next((obj[k] for k in ("ema", "model", "state_dict") if isinstance(obj.get(k), Mapping)), None)
     if weights is not None:
         info["format"] = "trainer"

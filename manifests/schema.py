@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 __all__ = ["MANIFEST_VERSION", "MANIFEST_NAME", "FORMATS", "SHARD_SUFFIX", "MEMBERS", "REFLECTION_MEMBERS",
            "ManifestError", "dumps", "write_json_atomic", "sha256_file", "shard_name", "member_schema",
-           "assemble", "load_manifest", "verify_dir", "header_of"]
+           "assemble", "load_manifest", "verify_dir", "header_of", "package_version"]
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -51,6 +52,14 @@ def write_json_atomic(path: Path, obj) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def package_version() -> str:
+    """The installed phaseforge version, recorded in manifests, checkpoints and stats files."""
+    try:
+        return version("phaseforge")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -20,7 +20,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,26 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from builder.reflections import hkl_hash, phai_hkl
-from manifests.schema import ManifestError, write_json_atomic
-from training.data import (DataConfig, Loader, compute_prior, make_rng, open_sources, phase_r, prepare_batch,
-                           random_sign_phases, validation_batches)
+from manifests.schema import ManifestError, package_version, write_json_atomic
+from training.data import (
+    DataConfig,
+    Loader,
+    compute_prior,
+    make_rng,
+    open_sources,
+    phase_r,
+    prepare_batch,
+    random_sign_phases,
+    validation_batches,
+)
 from training.loss import origin_shift_signs, phai_loss
-from training.model import seeded_model, config_dict, hkl_grid_index, logits_to_phase_deg, preset
+from training.model import (
+    config_dict,
+    hkl_grid_index,
+    logits_to_phase_deg,
+    preset,
+    seeded_model,
+)
 
 __all__ = ["TrainConfig", "LRSchedule", "fit", "load_checkpoint", "CHECKPOINT_FORMAT", "RESUMABLE", "n_cycles_at"]
 
@@ -170,14 +184,10 @@ def _scatter(values: torch.Tensor, index: torch.Tensor, shape: tuple[int, int, i
 
 
 def _code_version() -> dict:
-    try:
-        package = version("phaseforge")
-    except PackageNotFoundError:
-        package = "0+unknown"
     h = hashlib.sha256()
-    for name in ("model.py", "loss.py", "data.py", "train.py", "sf_torch.py"):
+    for name in ("model.py", "loss.py", "shards.py", "data.py", "train.py", "sf_torch.py"):
         h.update((Path(__file__).parent / name).read_bytes())
-    return {"package": package, "training_sha256": h.hexdigest()}
+    return {"package": package_version(), "training_sha256": h.hexdigest()}
 
 
 def _save_atomic(path: Path, obj: Any) -> None:
