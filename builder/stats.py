@@ -45,7 +45,6 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from importlib import metadata
 from pathlib import Path
 
 import click
@@ -54,7 +53,9 @@ import numpy as np
 from scipy import stats as sps
 
 from builder.elements import symbol
+from builder.symmetry import SPECIAL_TOL, distinct_positions
 from manifests.errors import fail
+from manifests.schema import package_version
 
 __all__ = [
     "SCHEMA", "SPECIAL_TOL", "DIST_MAX", "DIST_BIN", "SELECTIONS", "StructureStats", "selection", "cif_files",
@@ -63,7 +64,6 @@ __all__ = [
 ]
 
 SCHEMA = "phaseforge.stats/1"
-SPECIAL_TOL = 0.1  # Å: symmetry images closer than this are one atom (a special position)
 DIST_MAX = 6.0  # Å, upper end of the distance histogram
 DIST_BIN = 0.02  # Å, its bin width
 _N_DIST = int(round(DIST_MAX / DIST_BIN))
@@ -293,16 +293,6 @@ def _orbits(sites: _Sites, rot: np.ndarray, tran: np.ndarray, orth: np.ndarray
     return images, op_idx, on_inv
 
 
-def _distinct_positions(idx: np.ndarray, images: list[np.ndarray], orth: np.ndarray) -> int:
-    """How many symmetry-distinct positions the sites `idx` occupy (a mixed-occupancy site counts once)."""
-    reps: list[int] = []
-    for i in idx:
-        x = images[i][0]
-        if not any(np.any(np.linalg.norm(_min_image(images[j] - x) @ orth.T, axis=1) < SPECIAL_TOL) for j in reps):
-            reps.append(int(i))
-    return len(reps)
-
-
 def _distance_hists(sites: _Sites, images: list[np.ndarray], op_idx: list[np.ndarray], cell: gemmi.UnitCell,
                     orth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Neighbour-count histograms per unit cell (all atoms; non-H only) over 0..DIST_MAX Å."""
@@ -402,7 +392,7 @@ def _analyse(name: str, c: gemmi.UnitCell, sg: gemmi.SpaceGroup, sites: _Sites,
         elements_general=_element_counts(sites.z, sites.occ, general),
         elements_inversion=_element_counts(sites.z, sites.occ, inversion),
         elements_special_other=_element_counts(sites.z, sites.occ, ~general & ~inversion),
-        n_inversion_occupied=_distinct_positions(np.flatnonzero(inversion), images, orth),
+        n_inversion_occupied=distinct_positions(rot, tran, orth, sites.frac[np.flatnonzero(inversion)]),
         n_special_sites=int((~general).sum()),
         uiso_mean=_mean(sites.uiso), uiso_mean_non_h=_mean(sites.uiso[heavy]),
         dist_hist=h_all, dist_hist_non_h=h_heavy,
@@ -540,11 +530,7 @@ def distance_summary(records: Sequence[StructureStats]) -> dict:
 
 
 def _code_version() -> str:
-    try:
-        v = metadata.version("phaseforge")
-    except metadata.PackageNotFoundError:
-        v = "unknown"
-    return f"phaseforge {v}, {SCHEMA}"
+    return f"phaseforge {package_version()}, {SCHEMA}"
 
 
 def summarise(records: Sequence[StructureStats], meta: dict) -> dict:

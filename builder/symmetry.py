@@ -12,7 +12,10 @@ import functools
 import gemmi
 import numpy as np
 
-__all__ = ["SymOps", "space_group_ops", "inversion_centres", "site_multiplicity", "wrap"]
+__all__ = ["SymOps", "space_group_ops", "inversion_centres", "site_multiplicity", "wrap", "SPECIAL_TOL",
+           "images", "near_multiplicity", "distinct_positions"]
+
+SPECIAL_TOL = 0.1  # Å: images of one atom closer than this are one atom on a special position (real CIFs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,3 +110,32 @@ def inversion_centres(name: str) -> tuple[tuple[float, float, float], ...]:
         if not any(_frac_dist_zero(images - r).any() for r in reps):
             reps.append(c)
     return tuple(tuple(float(v) for v in r) for r in reps)
+
+
+def images(rot: np.ndarray, tran: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """(N, G, 3) images g·x of each point (not wrapped)."""
+    return np.einsum("gij,nj->ngi", rot, frac) + tran[None]
+
+
+def _cart_mod1(orth: np.ndarray, d: np.ndarray) -> np.ndarray:
+    return np.linalg.norm((d - np.round(d)) @ orth.T, axis=-1)
+
+
+def near_multiplicity(rot: np.ndarray, tran: np.ndarray, orth: np.ndarray, frac: np.ndarray,
+                      tol: float = SPECIAL_TOL) -> np.ndarray:
+    """Site-symmetry order of each point within `tol` Å: how many operations map it that close to itself.
+
+    The tolerant counterpart of `site_multiplicity`, for measured coordinates in real CIFs."""
+    frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3)
+    return (_cart_mod1(orth, images(rot, tran, frac) - frac[:, None, :]) < tol).sum(axis=1).astype(np.int64)
+
+
+def distinct_positions(rot: np.ndarray, tran: np.ndarray, orth: np.ndarray, frac: np.ndarray,
+                       tol: float = SPECIAL_TOL) -> int:
+    """How many symmetry-distinct positions the points occupy (points within `tol` Å of an orbit count once)."""
+    reps: list[np.ndarray] = []
+    for x in np.asarray(frac, dtype=np.float64).reshape(-1, 3):
+        orbit = images(rot, tran, x[None])[0]  # (G, 3)
+        if not any((_cart_mod1(orth, orbit - r) < tol).any() for r in reps):
+            reps.append(x)
+    return len(reps)

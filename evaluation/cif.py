@@ -36,7 +36,8 @@ import numpy as np
 from builder.elements import atomic_number
 from builder.reflections import d_spacing, systematic_absences
 from builder.sf import SFPlan, amplitudes_phases, sf_plan, structure_factors
-from builder.symmetry import space_group_ops, wrap
+from builder.symmetry import (SPECIAL_TOL, distinct_positions, images, near_multiplicity, space_group_ops,
+                              wrap)
 
 __all__ = [
     "STANDARD_SETTING", "SPECIAL_TOL", "DEFAULT_UISO", "ORGANIC_ELEMENTS", "S_BLOCK", "D_BLOCK", "F_BLOCK",
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 STANDARD_SETTING = "P 1 21/c 1"
-SPECIAL_TOL = 0.1  # Å: an atom this close to one of its own images sits on a special position. gemmi uses
+# SPECIAL_TOL (builder.symmetry) = 0.1 Å: an atom this close to one of its own images sits on a special position. gemmi uses
 # 0.4 Å, which would also halve atoms disordered 0.2-0.4 Å off an inversion centre whose CIF occupancy already
 # counts the split; in the 250 COD space-group-14 files 0.01, 0.1 and 0.4 Å find the same 26 special sites.
 DEFAULT_UISO = 0.05  # Å², for sites whose CIF gives no displacement parameter
@@ -256,32 +257,26 @@ def _conjugated_group(sg: gemmi.SpaceGroup, op: gemmi.Op) -> str | None:
     return None if found is None else found.xhm()
 
 
-def _images(rot: np.ndarray, tran: np.ndarray, frac: np.ndarray) -> np.ndarray:
-    return np.einsum("gij,nj->ngi", rot, frac) + tran[None]  # (N, G, 3)
-
-
 def _cart_dist_mod1(cell6: np.ndarray, d: np.ndarray) -> np.ndarray:
     orth = np.array(gemmi.UnitCell(*cell6).orth.mat.tolist())
     d = d - np.round(d)
     return np.linalg.norm(d @ orth.T, axis=-1)
 
 
+def _orth(cell6: np.ndarray) -> np.ndarray:
+    return np.array(gemmi.UnitCell(*cell6).orth.mat.tolist())
+
+
 def _multiplicity(cell6: np.ndarray, frac: np.ndarray) -> np.ndarray:
     """Site-symmetry order: operations of P 1 21/c 1 that map each atom within SPECIAL_TOL Å of itself."""
     ops = space_group_ops(STANDARD_SETTING)
-    img = _images(ops.rot, ops.tran, frac)
-    return (_cart_dist_mod1(cell6, img - frac[:, None, :]) < SPECIAL_TOL).sum(axis=1).astype(np.int64)
+    return near_multiplicity(ops.rot, ops.tran, _orth(cell6), frac, SPECIAL_TOL)
 
 
 def _n_special(cell6: np.ndarray, frac: np.ndarray, mult: np.ndarray, occ: np.ndarray) -> int:
     """Distinct special positions (orbits) holding at least one atom of non-zero occupancy."""
     ops = space_group_ops(STANDARD_SETTING)
-    reps: list[np.ndarray] = []
-    for x in frac[(mult > 1) & (occ > 0)]:
-        img = _images(ops.rot, ops.tran, x[None])[0]  # (G, 3): the orbit of x
-        if not any((_cart_dist_mod1(cell6, img - r) < SPECIAL_TOL).any() for r in reps):
-            reps.append(x)
-    return len(reps)
+    return distinct_positions(ops.rot, ops.tran, _orth(cell6), frac[(mult > 1) & (occ > 0)], SPECIAL_TOL)
 
 
 def _check_expansion(cell0: gemmi.UnitCell, sg: gemmi.SpaceGroup, frac0: np.ndarray, cell6: np.ndarray,
@@ -290,7 +285,7 @@ def _check_expansion(cell0: gemmi.UnitCell, sg: gemmi.SpaceGroup, frac0: np.ndar
     g0 = [np.array(o.float_seitz()) for o in sg.operations()]
     m = np.array(op.float_seitz())
     ops = space_group_ops(STANDARD_SETTING)
-    new_img = _images(ops.rot, ops.tran, frac)  # (N, G, 3)
+    new_img = images(ops.rot, ops.tran, frac)  # (N, G, 3)
     for i, x in enumerate(frac0):
         for g in g0:
             y = m[:3, :3] @ (g[:3, :3] @ x + g[:3, 3]) + m[:3, 3]
