@@ -185,11 +185,8 @@ def sample_strategy(strategy: Strategy, seed: int, count: int, distance_count: i
             beta_alt.append(monoclinic_angle(alt))
         if i < n_dist:
             occ = np.array([float(o) * site_multiplicity(ops, x.astype(np.float64)) for o, x in zip(s.occ, s.frac)])
-            try:
-                recs.append(dbstats.structure_stats(f"{strategy.name}-{i}", cell, s.space_group, s.frac, s.z, occ,
-                                                    s.uiso))
-            except ValueError:  # a structure without atoms has no distances; it is left out of the curve
-                pass
+            recs.append(dbstats.structure_stats(f"{strategy.name}-{i}", cell, s.space_group, s.frac, s.z, occ,
+                                                s.uiso))
     bet = {strategy.cell.adjusted_s3: np.array(beta), flipped.adjusted_s3: np.array(beta_alt)} if mono else {}
     return Sampled(name=strategy.name, strategy=strategy, volume=np.array(vol), edges=np.array(edges).reshape(-1, 3),
                    beta=bet, distances=dbstats.distance_summary(recs), n_distance=len(recs))
