@@ -45,10 +45,11 @@ from scipy import stats as sps
 
 from builder import stats as dbstats
 from builder.cell import CellConfig, sample_cell
-from builder.sample import STREAM_CELL, generate_structure, sample_rng
+from builder.sample import STREAM_CELL, generate_structure
 from builder.strategy import STATS_DIR, Strategy, canonical_json, load_strategy
 from builder.symmetry import site_multiplicity, space_group_ops
 from manifests.errors import fail
+from manifests.seeds import seeded_rng
 
 __all__ = ["SCHEMA", "QUANTITIES", "uniform_edges_lnv_pdf", "uniform_edges_volume_pdf", "uniform_edges_volume_cdf",
            "Sampled", "Database", "sample_strategy", "load_database", "monoclinic_angle", "ks_samples",
@@ -181,7 +182,7 @@ def sample_strategy(strategy: Strategy, seed: int, count: int, distance_count: i
         edges.append(np.sort(cell[:3]))
         if mono:
             beta.append(monoclinic_angle(cell))
-            alt = sample_cell(sample_rng(seed, strategy.strategy_id, i, STREAM_CELL), flipped)
+            alt = sample_cell(seeded_rng(seed, strategy.strategy_id, i, STREAM_CELL), flipped)
             beta_alt.append(monoclinic_angle(alt))
         if i < n_dist:
             occ = np.array([float(o) * site_multiplicity(ops, x.astype(np.float64)) for o, x in zip(s.occ, s.frac)])

@@ -14,8 +14,9 @@ from builder.reflections import PHAI_SET
 from builder.sf import reflections_of
 from builder.strategy import Strategy
 from builder.structure import Structure
+from manifests.seeds import seeded_rng
 
-__all__ = ["STREAM_CELL", "STREAM_ATOMS", "sample_key", "sample_rng", "generate_structure", "generate_sample"]
+__all__ = ["STREAM_CELL", "STREAM_ATOMS", "sample_key", "generate_structure", "generate_sample"]
 
 STREAM_CELL, STREAM_ATOMS = 0, 1
 
@@ -25,11 +26,6 @@ def sample_key(index: int) -> str:
     return f"{int(index):012d}"
 
 
-def sample_rng(root_seed: int, strategy_id: int, index: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(entropy=int(root_seed),
-                                                        spawn_key=(int(strategy_id), int(index), int(stream))))
-
-
 MAX_REDRAWS = 1000
 
 
@@ -37,8 +33,8 @@ def generate_structure(strategy: Strategy, root_seed: int, index: int) -> Struct
     """Cell, then atoms. A structure left without atoms (a cell of ~100 Å³ whose one atom clashes with its own
     images) has no diffraction to learn from: it is redrawn, cell and all, from the same two streams."""
     sid = strategy.strategy_id
-    rng_cell = sample_rng(root_seed, sid, index, STREAM_CELL)
-    rng_atoms = sample_rng(root_seed, sid, index, STREAM_ATOMS)
+    rng_cell = seeded_rng(root_seed, sid, index, STREAM_CELL)
+    rng_atoms = seeded_rng(root_seed, sid, index, STREAM_ATOMS)
     for _ in range(MAX_REDRAWS):
         s = fill_atoms(rng_atoms, sample_cell(rng_cell, strategy.cell), strategy.space_group, strategy.fill)
         if s.n_atoms:

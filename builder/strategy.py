@@ -18,6 +18,7 @@ from builder.cell import CellConfig
 from builder.fill import FillConfig
 from builder.stats import load_priors
 from builder.symmetry import space_group_ops
+from manifests.seeds import stable_id
 
 __all__ = ["Strategy", "STRATEGY_DIR", "STATS_DIR", "builtin_strategies", "load_strategy", "canonical_json",
            "PRIOR_KINDS"]
@@ -74,7 +75,7 @@ class Strategy:
     @functools.cached_property
     def strategy_id(self) -> int:
         """Stable 64-bit id: sha256 of the resolved strategy (never Python's hash())."""
-        return int.from_bytes(hashlib.sha256(canonical_json(self.to_dict()).encode()).digest()[:8], "little")
+        return stable_id(canonical_json(self.to_dict()))
 
 
 def builtin_strategies() -> dict[str, Path]:

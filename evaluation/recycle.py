@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from builder.reflections import hkl_hash, phai_hkl
-from evaluation.run import structure_key
 from manifests.schema import sha256_file
+from manifests.seeds import seeded_rng, stable_id
 from training.model import (
     ModelConfig,
     PhAINet,
@@ -290,7 +290,7 @@ def start_phases(structure_id: str, n_reflections: int, cfg: ScanConfig) -> np.n
 
     The random starts of a structure depend only on (cfg.seed, its id): not on the batch, the order or --limit.
     """
-    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1, structure_key(structure_id))))
+    rng = seeded_rng(cfg.seed, 1, stable_id(structure_id))
     rand = -180.0 * rng.integers(0, 2, size=(cfg.random_starts, n_reflections))
     zero = np.zeros((1 if cfg.zero_start else 0, n_reflections))
     return np.concatenate([zero, rand]).astype(np.float32)

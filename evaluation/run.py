@@ -31,10 +31,12 @@ from builder.symmetry import space_group_ops
 from evaluation.baselines import charge_flip, random_signs, true_phases
 from evaluation.cif import STANDARD_SETTING, Unusable, parse_structure, reflections
 from evaluation.metrics import phase_r_batch
+from evaluation.recycle import ScanInput, pick_runs, scan
 from evaluation.testset import iter_testset_cifs, load_testset, selection_reason, shipped_testset
+from manifests.seeds import seeded_rng, stable_id
 
 __all__ = ["METHODS", "Inputs", "Prepared", "open_testset", "open_cif_dir", "prepare_all", "evaluate",
-           "structure_key", "reflection_meta"]
+           "reflection_meta"]
 
 METHODS = ("model", "charge-flipping", "random", "true")
 _RANDOM_KEY, _CF_KEY = 3, 2  # spawn_key purposes (1 = random starts of the scan, evaluation.recycle)
@@ -173,13 +175,8 @@ def _score(p: Prepared, hkl: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray
     return r, mpe
 
 
-def structure_key(structure_id: str) -> int:
-    """A stable 64-bit integer of a structure id (sha256; never Python's hash())."""
-    return int.from_bytes(hashlib.sha256(structure_id.encode("utf-8")).digest()[:8], "little")
-
-
 def _rng(seed: int, purpose: int, sid: str) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(purpose, structure_key(sid))))
+    return seeded_rng(seed, purpose, stable_id(sid))
 
 
 def _simple(method: str, p: Prepared, hkl: np.ndarray, seed: int) -> dict[str, Any]:
@@ -222,8 +219,6 @@ def _charge_flipping(prepared: list[Prepared], seed: int, workers: int, tick: Ca
 
 def _model_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg: Any,
                 tick: Callable[[], None]) -> list[dict]:
-    from evaluation.recycle import ScanInput, pick_runs, scan
-
     class _Tick:
         def update(self, _n: int) -> None:
             tick()

@@ -45,6 +45,7 @@ from builder.reflections import d_spacing, phai_hkl, systematic_absences
 from builder.sf import SFPlan, amplitudes_phases, sf_plan, structure_factors
 from builder.symmetry import space_group_ops
 from manifests.schema import ManifestError
+from manifests.seeds import seeded_rng
 from training.shards import (SPACE_GROUP, VERIFY_LEVELS, ShardError, Source, check_compatible, open_source,
                              open_sources, read_shard)
 
@@ -52,17 +53,12 @@ __all__ = [
     "DataConfig", "Source", "ShardError", "VERIFY_LEVELS", "SPACE_GROUP", "open_source", "open_sources",
     "read_shard", "stream_shard", "node_streams", "worker_streams", "observed_mask", "to_sample", "collate",
     "ShardStreams", "Loader", "compute_prior", "validation_batches", "prepare_batch", "Batch", "phase_r",
-    "consumed_shards", "make_rng", "random_sign_phases", "check_compatible", "reflections_from_structure",
+    "consumed_shards", "random_sign_phases", "check_compatible", "reflections_from_structure",
 ]
 
 SF_MODES = ("auto", "loader", "device")
 # Seed domains: one stream of random numbers per purpose (DESIGN.md "Determinism and seeds").
 _ORDER, _WINDOW, _MIX, _AUG, _SIGNS = 1, 2, 3, 4, 5
-
-
-def make_rng(seed: int, *key: int) -> np.random.Generator:
-    """A generator addressed by (seed, purpose, ...): SeedSequence(seed, spawn_key=key); no global state."""
-    return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=tuple(int(k) for k in key)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,7 +93,7 @@ class DataConfig:
 
 @functools.lru_cache(maxsize=256)
 def _epoch_order(seed: int, sid: int, epoch: int, n: int) -> np.ndarray:
-    return make_rng(seed, _ORDER, sid, epoch).permutation(n)
+    return seeded_rng(seed, _ORDER, sid, epoch).permutation(n)
 
 
 def stream_shard(src: Source, seed: int, g: int, n_global: int, q: int) -> tuple[int, int]:
@@ -184,7 +180,7 @@ def to_sample(rec: dict, src_index: int, src: Source, epoch: int, cfg: DataConfi
         out["amplitude"], out["phase"] = reflections_from_structure(rec, cfg.max_index)
     else:
         out.update(cell=cell, frac=rec["frac"], z=rec["z"], occ=rec["occ"], uiso=rec["uiso"])
-    out["observed"], out["d_min"] = observed_mask(cell, make_rng(cfg.seed, _AUG, src.sid, epoch, key), cfg)
+    out["observed"], out["d_min"] = observed_mask(cell, seeded_rng(cfg.seed, _AUG, src.sid, epoch, key), cfg)
     return out
 
 
@@ -230,7 +226,7 @@ class _Cursor:
         for q in range(self.k * cfg.window, (self.k + 1) * cfg.window):
             shard, epoch = stream_shard(self.src, cfg.seed, self.g, self.n_global, q)
             items += [(r, epoch) for r in read_shard(self.src, shard, cfg.verify, need_atoms=False)]
-        perm = make_rng(cfg.seed, _WINDOW, self.src.sid, self.g, self.k).permutation(len(items))
+        perm = seeded_rng(cfg.seed, _WINDOW, self.src.sid, self.g, self.k).permutation(len(items))
         self.items = [items[p] for p in perm]
 
     def next(self) -> tuple[dict, int]:
@@ -258,7 +254,7 @@ def stream_batches(sources: Sequence[Source], cfg: DataConfig, g: int, n_global:
     j = int(state.get("batches", 0))
     while True:
         # mix_sources: which source each sample of batch j comes from
-        choice = (make_rng(cfg.seed, _MIX, g, j).choice(len(sources), cfg.batch_size, p=p) if len(sources) > 1
+        choice = (seeded_rng(cfg.seed, _MIX, g, j).choice(len(sources), cfg.batch_size, p=p) if len(sources) > 1
                   else np.zeros(cfg.batch_size, dtype=np.int64))
         samples = []
         for c in choice:
@@ -479,4 +475,4 @@ def phase_r(pred_rad: torch.Tensor, true_rad: torch.Tensor, amplitude: torch.Ten
 
 def random_sign_phases(shape: tuple[int, int], seed: int) -> torch.Tensor:
     """Random 0 / pi phases (the random-sign baseline), seeded."""
-    return torch.from_numpy(make_rng(seed, _SIGNS).integers(0, 2, size=shape) * np.pi).float()
+    return torch.from_numpy(seeded_rng(seed, _SIGNS).integers(0, 2, size=shape) * np.pi).float()

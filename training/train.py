@@ -30,11 +30,11 @@ from tqdm import tqdm
 
 from builder.reflections import hkl_hash, phai_hkl
 from manifests.schema import ManifestError, package_version, write_json_atomic
+from manifests.seeds import seeded_rng
 from training.data import (
     DataConfig,
     Loader,
     compute_prior,
-    make_rng,
     open_sources,
     phase_r,
     prepare_batch,
@@ -173,7 +173,7 @@ class LRSchedule:
 
 def n_cycles_at(seed: int, step: int, max_cycles: int) -> int:
     """Recycling count of a step, n ~ U{1..max_cycles}: a pure function of (seed, step), equal on every rank."""
-    return 1 + int(make_rng(seed, _RECYCLE, step).integers(max_cycles))
+    return 1 + int(seeded_rng(seed, _RECYCLE, step).integers(max_cycles))
 
 
 # ----------------------------------------------------------------------------- helpers
