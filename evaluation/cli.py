@@ -58,7 +58,7 @@ def _progress(total: int, desc: str) -> Any:
               help="With --cifs: apply a test-set cell rule (others are listed as skipped).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Trainer checkpoint or bare PhAI state_dict (implies --method model).")
-@click.option("--method", type=click.Choice(["model", "charge-flipping", "random", "true"]), default=None)
+@click.option("--method", type=click.Choice(["model", "charge-flipping", "random", "true", "model+cf"]), default=None)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Report folder.")
 @click.option("--d-min", type=float, default=1.0, show_default=True, help="Resolution limit (Å).")
 @click.option("--cycles", default="1..10", show_default=True, help="Cycle counts to scan: A..B, 1,3,5 or N.")
@@ -84,13 +84,13 @@ def run(testset, cifs, select, checkpoint, method, out, d_min, cycles, random_st
         raise ValueError("give exactly one of --testset and --cifs")
     if select is not None and cifs is None:
         raise ValueError("--select applies to --cifs only (a test set is already selected)")
-    if checkpoint is not None and method not in (None, "model"):
+    if checkpoint is not None and method not in (None, "model", "model+cf"):
         raise ValueError(f"--checkpoint runs the model; drop it or --method {method}")
     method = method or ("model" if checkpoint is not None else None)
     if method is None:
         raise ValueError("give --checkpoint or --method charge-flipping|random|true")
-    if method == "model" and checkpoint is None:
-        raise ValueError("--method model needs --checkpoint")
+    if method in ("model", "model+cf") and checkpoint is None:
+        raise ValueError(f"--method {method} needs --checkpoint")
     if not d_min > 0:
         raise ValueError(f"--d-min must be > 0, got {d_min}")
     if limit is not None and limit < 1:
@@ -100,7 +100,7 @@ def run(testset, cifs, select, checkpoint, method, out, d_min, cycles, random_st
     _check_out_dir(out)
     settings: dict[str, Any] = {"d_min": d_min, "seed": seed, "limit": limit, "space_group": "P 1 21/c 1"}
     model = scan_cfg = ck_info = None
-    if method == "model":
+    if method in ("model", "model+cf"):
         from evaluation.recycle import ScanConfig, load_checkpoint, parse_cycles
 
         scan_cfg = ScanConfig(cycles=parse_cycles(cycles), zero_start=zero_start, random_starts=random_starts,
@@ -135,8 +135,11 @@ def run(testset, cifs, select, checkpoint, method, out, d_min, cycles, random_st
     if method == "model":
         f = rep["fom"]
         click.echo(f"FOM pick ({f['name']}): f(r>=0.8) = {f['f_solved']}, median r = {f['median_r']}")
-    elif method == "charge-flipping":
+    elif method in ("charge-flipping", "model+cf"):
         click.echo(f"raw (unsymmetrised): f(r>=0.8) = {rep['raw']['f_solved']}, median r = {rep['raw']['median_r']}")
+    if "calculated" in rep:
+        c = rep["calculated"]
+        click.echo(f"same method on calculated |F|: f(r>=0.8) = {c['f_solved']}, median r = {c['median_r']}")
     click.echo(rpt.last_line(rep))
 
 
