@@ -244,10 +244,10 @@ def shelx_ops(latt: int, symm: Sequence[str]) -> tuple[str, ...]:
 
 
 def _hklf_apply(hkl: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
-    """SHELXL's HKLF matrix: h' = h r11 + k r21 + l r31, etc. (row vector times the matrix)."""
+    """SHELXL's HKLF matrix: the new h is r11 h + r12 k + r13 l, etc. (the SHELXL manual, HKLF)."""
     if matrix is None:
         return hkl
-    new = hkl.astype(np.float64) @ matrix
+    new = hkl.astype(np.float64) @ matrix.T
     if not np.allclose(new, np.rint(new), atol=1e-6):
         raise ValueError("the HKLF matrix gives non-integer indices")
     return np.rint(new).astype(np.int32)
@@ -263,6 +263,8 @@ def _shelx(name: str, hkl_text: str, ins_text: str | None, ins_name: str, hklf: 
     ins = parse_ins(ins_text, ins_name) if ins_text is not None else None
     n = hklf if hklf is not None else (ins["hklf"] if ins and ins["hklf"] in (3, 4) else 4)
     hkl, value, sigma, _ = parse_hkl(hkl_text)
+    scale = ins["hklf_scale"] if ins else 1.0  # s multiplies F² and σ (or F and σ for HKLF 3)
+    value, sigma = value * scale, None if sigma is None else sigma * scale
     out = {"hkl": _hklf_apply(hkl, ins["hklf_matrix"] if ins else None), "value": value, "sigma": sigma,
            "kind": "intensity" if n == 4 else "amplitude", "notes": []}
     if ins:
