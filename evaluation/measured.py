@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,12 @@ from evaluation.cif import STANDARD_SETTING, Unusable, parse_structure, reflecti
 from evaluation.reduce import reduce_measured
 from evaluation.reflections_io import read_input
 from evaluation.solve import network_view
-from evaluation.testset import TESTSET_VERSION, _entry, _id_key, _provenance, COD_URL, write_archive, write_testset
+from evaluation.testset import build_testset, write_archive, write_testset
 
-__all__ = ["NAME", "ARCHIVE", "RULE", "measured_reason", "build_measured_testset", "prepare_measured"]
+__all__ = ["NAME", "ARCHIVE", "measured_reason", "build_measured_testset", "prepare_measured", "calculated_twins"]
 
 NAME = "cod-p21c-measured"
 ARCHIVE = f"{NAME}.tar.xz"
-RULE = "space group 14 (any setting) with measured reflections (_shelx_hkl_file or a _refln_ loop of F^2/F/I meas)"
 
 
 def _measured_info(data: bytes, cid: str) -> dict[str, Any]:
@@ -70,30 +68,15 @@ def measured_reason(data: bytes, cid: str) -> tuple[str | None, dict[str, Any] |
 
 def build_measured_testset(cif_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Select, write `cod-p21c-measured.json` and its archive into `out_dir`; returns the manifest."""
-    root, out = Path(cif_dir), Path(out_dir)
-    prov = _provenance(root)
-    entries, skipped, ids = [], [], []
-    for path in sorted(root.glob("*.cif"), key=lambda p: _id_key(p.stem)):
-        data = path.read_bytes()
-        try:
-            ing = parse_structure(data, path.stem)
-        except Unusable as exc:
-            skipped.append({"id": path.stem, "reason": exc.reason, "detail": exc.detail})
-            continue
-        why, info = measured_reason(data, path.stem)
-        if why is not None:
-            skipped.append({"id": path.stem, "reason": why, "detail": ""})
-            continue
-        source = {"database": "COD", **prov.get(path.stem, {}), "url": COD_URL.format(id=path.stem)}
-        entries.append({**_entry(ing, data, source), "measured": info})
-        ids.append(path.stem)
-    write_archive(root, ids, out / ARCHIVE)
-    manifest = {"version": TESTSET_VERSION, "select": "p21c-measured", "rule": RULE, "measured": True,
-                "space_group": STANDARD_SETTING, "licence": "public domain (COD, CC0)", "archive": ARCHIVE,
-                "count": len(entries), "classes": dict(sorted(Counter(e["class"] for e in entries).items())),
-                "n_special": {str(k): v for k, v in sorted(Counter(e["n_special"] for e in entries).items())},
-                "entries": entries, "skipped": skipped,
-                "skipped_counts": dict(sorted(Counter(s["reason"] for s in skipped).items()))}
+    out = Path(out_dir)
+
+    def accept(ing: Any, data: bytes) -> tuple[str | None, dict]:
+        why, info = measured_reason(data, ing.id)
+        return why, ({} if info is None else {"measured": info})
+
+    manifest = build_testset(cif_dir, "p21c-measured", archive=ARCHIVE, accept=accept)
+    manifest["measured"] = True
+    write_archive(cif_dir, [e["id"] for e in manifest["entries"]], out / ARCHIVE)
     write_testset(manifest, out / f"{NAME}.json")
     return manifest
 

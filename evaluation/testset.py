@@ -21,7 +21,7 @@ import lzma
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from importlib.resources.abc import Traversable
 from typing import Any
@@ -38,6 +38,7 @@ EDGE_TOL = 1e-6  # Å: cell edges are compared with this slack, so that 10.0 sta
 SELECTIONS: dict[str, str] = {
     "p21c-small": "space group 14 in P 1 21/c 1 with beta >= 90; all edges <= 10 A",
     "p21c-large": "space group 14 in P 1 21/c 1 with beta >= 90; all edges < 20 A, at least one > 10 A",
+    "p21c-measured": "space group 14 (any cell) with measured reflections in the file (evaluation.measured)",
 }
 COD_URL = "https://www.crystallography.net/cod/{id}.cif"
 _PACKAGE_DIR = ("manifests", "testsets")
@@ -56,7 +57,9 @@ def selection_reason(cell6: Sequence[float], select: str) -> str | None:
     if select not in SELECTIONS:
         raise ValueError(f"unknown selection {select!r}: choose one of {sorted(SELECTIONS)}")
     edge = float(max(cell6[:3]))
-    if select == "p21c-small":
+    if select == "p21c-measured":
+        ok = True  # no cell rule: the `accept` hook of build_testset selects (evaluation.measured)
+    elif select == "p21c-small":
         ok = edge <= 10.0 + EDGE_TOL
     else:
         ok = 10.0 + EDGE_TOL < edge < 20.0 - EDGE_TOL
@@ -102,7 +105,8 @@ def _entry(ing: Ingested, data: bytes, source: dict[str, str]) -> dict[str, Any]
 
 
 def build_testset(cif_dir: str | os.PathLike, select: str, *, archive: str | None = None,
-                  database: str = "COD", licence: str = "public domain (COD, CC0)") -> dict[str, Any]:
+                  database: str = "COD", licence: str = "public domain (COD, CC0)",
+                  accept: Callable[[Ingested, bytes], tuple[str | None, dict]] | None = None) -> dict[str, Any]:
     """Select the structures of a CIF directory into a test-set manifest.
 
     Args:
@@ -112,6 +116,8 @@ def build_testset(cif_dir: str | os.PathLike, select: str, *, archive: str | Non
         archive: file name of the archive that ships these CIFs (recorded for `iter_testset_cifs`).
         database: where the CIFs come from; "COD" adds the COD download URL to each entry.
         licence: the licence of the CIF files.
+        accept: optional further rule after the cell rule: (structure, CIF bytes) -> (reason to skip or None,
+            extra entry fields).
 
     Returns:
         The manifest dict: entries (sorted by id) and skipped files with reasons. Deterministic: no timestamps,
@@ -132,10 +138,14 @@ def build_testset(cif_dir: str | os.PathLike, select: str, *, archive: str | Non
         if why is not None:
             skipped.append({"id": path.stem, "reason": "cell out of the selected range", "detail": why})
             continue
+        why, extra = accept(ing, data) if accept is not None else (None, {})
+        if why is not None:
+            skipped.append({"id": path.stem, "reason": why, "detail": ""})
+            continue
         source = {"database": database, **prov.get(path.stem, {})}
         if database == "COD":
             source["url"] = COD_URL.format(id=path.stem)
-        entries.append(_entry(ing, data, source))
+        entries.append({**_entry(ing, data, source), **extra})
     out: dict[str, Any] = {
         "version": TESTSET_VERSION,
         "select": select,
