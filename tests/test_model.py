@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from builder.reflections import phai_hkl, systematic_absences
-from training.loss import SHIFTS, origin_shift_signs, phai_loss, phase_targets, weighted_ce_per_shift
+from builder.symmetry import P21C_ORIGIN_SHIFTS
+from training.loss import origin_shift_signs, phai_loss, phase_targets, weighted_ce_per_shift
 from training.model import (
     PRESETS, ModelConfig, PhAINet, config_dict, from_grid, hkl_grid_index, logits_to_phase_deg, paper,
     preset, recycle, seeded_model, tiny, to_grid,
@@ -156,7 +157,7 @@ def _perfect_logits(phase_rad: torch.Tensor, margin: float = 5.0) -> torch.Tenso
 def test_signs_and_targets():
     signs = origin_shift_signs(HKL)
     assert signs.shape == (8, N) and signs[0].eq(1).all()
-    assert SHIFTS[4].tolist() == [1, 0, 0]
+    assert P21C_ORIGIN_SHIFTS[4].tolist() == [1, 0, 0]
     odd_h = torch.from_numpy(HKL[:, 0] % 2 == 1)
     assert torch.equal(signs[4] < 0, odd_h)
     assert phase_targets(torch.tensor([[0.0, math.pi, -math.pi, 2 * math.pi]])).tolist() == [[1, 0, 0, 1]]
