@@ -137,6 +137,30 @@ def test_recycle_feeds_back_argmax_phases():
         recycle(model, amp, 0)
 
 
+def test_recycle_takes_ddp_and_compiled_wrappers(tmp_path):
+    """The one recycling loop serves training (DDP, torch.compile) and inference: same logits as the bare model."""
+    import torch.distributed as dist
+    from training.model import unwrap
+
+    model = _tiny_model()
+    amp, start = _grids(torch.Generator().manual_seed(9))
+    want = [o.detach() for o in recycle(model, amp, 3, init_phases_grid=start)]
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        # torch.compile only wraps until called (tracing one would cost ~7 s here): the loop needs just `unwrap`
+        assert unwrap(ddp) is model and unwrap(torch.compile(ddp, backend="eager")) is model
+        got = recycle(ddp, amp, 3, init_phases_grid=start)
+        assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(got, want))
+        assert got[-1].requires_grad and not got[0].requires_grad
+        got[-1].sum().backward()  # gradients reach the parameters through DDP
+        assert model.net_output[3].weight.grad is not None
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(ValueError, match="not a PhAINet"):
+        recycle(torch.nn.Linear(2, 2), amp, 1)
+
+
 # ----------------------------------------------------------------------------- loss
 
 def _weight() -> torch.Tensor:
