@@ -214,6 +214,8 @@ def test_cli_trains_and_refuses_bad_input(data, tmp_path, capsys):
         "infinite lr": ["fit", *common[:4], "--out", str(fresh), "--preset", "tiny", "--lr", "inf"],
         "unknown device": ["fit", *common[:4], "--out", str(fresh), "--preset", "tiny", "--device", "tpu"],
         "unknown init": ["fit", *common[:4], "--out", str(fresh), "--preset", "tiny", "--init", "ones"],
+        "out below a file": ["fit", *common[:4], "--out", str(out / "config.json" / "run"), "--preset", "tiny",
+                             "--batch-size", "8", "--val-samples", "8", "--workers", "0", "--device", "cpu"],
         "one weight per manifest": ["fit", "--train", str(data["train"]), "--weight", "1", "--weight", "2",
                                   "--val", str(data["val"]), "--out", str(fresh), "--preset", "tiny"],
     }

@@ -180,14 +180,22 @@ def test_full_disk_at_a_checkpoint_names_the_path_and_a_rerun_resumes_exactly(da
     assert train_losses(out) == train_losses(full)
 
 
-def test_init_is_recorded_and_old_checkpoints_resume_from_zero(data, tmp_path):
+def test_init_is_recorded_and_old_checkpoints_resume_from_zero(data, tmp_path, capsys):
     out = tmp_path / "run"
     fit(config(data, steps=2, init="mixed"), out, progress=False)
     ck = training_checkpoint(out / "last.pt")
     assert ck["config"]["train"]["init"] == "mixed"
     assert TrainConfig.from_dict(ck["config"]["train"]).init == "mixed"
-    legacy = {k: v for k, v in ck["config"]["train"].items() if k not in ("data", "init")}
-    legacy.update({k: v for k, v in ck["config"]["train"]["data"].items() if k != "max_index"})
-    assert TrainConfig.from_dict(legacy).init == "zero"  # checkpoints before --init trained from zero phases
     with pytest.raises(ValueError, match="init"):
         TrainConfig(preset="tiny", init="ones")
+    # a checkpoint written before TrainConfig held DataConfig: flat settings, no init (it trained from zero)
+    old = tmp_path / "old"
+    fit(config(data, steps=2, init="zero"), old, progress=False)
+    ck = training_checkpoint(old / "last.pt")
+    flat = {k: v for k, v in ck["config"]["train"].items() if k not in ("data", "init")}
+    flat.update({k: v for k, v in ck["config"]["train"]["data"].items() if k != "max_index"})
+    ck["config"]["train"] = flat
+    torch.save(ck, old / "last.pt")
+    assert TrainConfig.from_dict(flat).init == "zero"
+    code, stdout, err = run_cli(["fit", "--out", str(old), "--steps", "3", "--resume", "--no-progress"], capsys)
+    assert code == 0 and "zero init" in stdout, err

@@ -10,6 +10,7 @@ failed write (no space left, read-only: the path and the reason; no partial file
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc))
     except OSError as exc:  # a full disk, a read-only or unwritable --out, an --out below a file
         where = f"{exc.filename}: " if exc.filename else ""
-        fail(f"{where}{exc.strerror or exc}; free space or choose another --out (a rerun with --resume continues "
-             "from the last checkpoint)")
+        code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+        fail(f"{where}{exc.strerror or exc}{code}; check --out (free space, permissions, the path) and rerun "
+             "(with --resume a run continues from its last checkpoint)")
     sys.exit(rv if isinstance(rv, int) else 0)

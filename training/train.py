@@ -163,6 +163,9 @@ class _TrainLog:
     """Mean loss and throughput since the last train record."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.t, self.samples, self.losses = time.time(), 0, []
 
     def add(self, loss: float, samples: int) -> None:
@@ -176,7 +179,7 @@ class _TrainLog:
             dist.all_reduce(t)
             mean = float(t) / st.world
         rate = self.samples / max(time.time() - self.t, 1e-9)
-        self.__init__()
+        self.reset()
         return {"kind": "train", "step": st.step, "loss": mean, "lr": st.sched.lr, "n_cycles": n_cycles,
                 "samples_per_s": round(rate, 1)}
 
