@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from evaluation.outputs import write_solution
-from evaluation.recycle import ScanConfig, load_checkpoint
+from evaluation.recycle import ScanConfig
 from evaluation.reduce import reduce_measured
 from evaluation.reflections_io import read_input
 from evaluation.solve import solve_reduced
 from evaluation.testset import iter_testset_cifs
+from training.checkpoint import load_model
 from training.model import seeded_model, tiny
 
 
@@ -55,7 +56,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/solve.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model = (load_checkpoint(args.checkpoint).model if args.checkpoint else seeded_model(tiny(), 0).eval())
+    model = (load_model(args.checkpoint).model if args.checkpoint else seeded_model(tiny(), 0).eval())
     cfg = ScanConfig()
     rows = [bench_one(cid, data, model, cfg) for cid, data in list(iter_testset_cifs("cod-p21c-measured"))[:args.limit]]
     keys = ["reduce_s", "charge-flipping_s", "model_s", "model+cf_s", "outputs_s"]

@@ -25,7 +25,10 @@ from builder.fill import FillConfig
 from builder.strategy import Strategy, load_strategy
 from training.data import DataConfig, open_source, validation_batches
 from training.model import PhAINet, ModelConfig
-from training.train import TrainConfig, fit, load_checkpoint, random_sign_baseline, validate
+from training.checkpoint import training_checkpoint
+from training.config import TrainConfig
+from training.train import fit
+from training.validation import random_sign_baseline, validate
 
 
 def strategy(name: str) -> Strategy:
@@ -74,7 +77,7 @@ def main() -> None:
     build_s += ensure(args.data / "val", strat, args.val_count, args.val_seed, 1)
     if args.out.exists():
         shutil.rmtree(args.out)
-    cfg = TrainConfig(preset="tiny", train=(str(args.data / "train"),), val=str(args.data / "val"),
+    cfg = TrainConfig.from_flat(preset="tiny", train=(str(args.data / "train"),), val=str(args.data / "val"),
                       steps=10**7, batch_size=args.batch_size, lr=args.lr, seed=args.seed, val_every=250,
                       val_samples=args.val_count, ckpt_every=500, log_every=50, workers=args.workers, device="cpu",
                       patience=4)
@@ -89,7 +92,7 @@ def main() -> None:
     train_s = time.time() - t0
 
     # Final word on the model at the end of the budget (last.pt): loss, mean r, f(r >= 0.8) after 1..5 cycles.
-    ck = load_checkpoint(args.out / "last.pt")
+    ck = training_checkpoint(args.out / "last.pt")
     net = PhAINet(ModelConfig(**ck["config"]["model"]))
     net.load_state_dict(ck["model"])
     net.eval()

@@ -9,10 +9,13 @@ import click
 import numpy as np
 
 from builder.build import build, deep_check, finalize, make_header, n_shards, parse_range
-from builder.compare import compare_command
-from builder.stats import stats_command
+from builder.compare import compare as run_compare
+from builder.compare_figures import fmt_ks
+from builder.stats import SELECTIONS, cif_files, collect
+from builder.stats_summary import files_sha256, summarise
 from builder.strategy import builtin_strategies, load_strategy
 from manifests.errors import bad_input_exits
+from manifests.priors import write_json
 from manifests.schema import FORMATS, load_manifest, verify_dir
 from manifests.shardio import read_shard
 
@@ -136,8 +139,61 @@ def strategies() -> None:
                    f"β≤{c.beta_max}; {fill}; special p={f.special_p}; V_atom {f.v_atom}, x_H {f.x_h}")
 
 
-cli.add_command(stats_command)
-cli.add_command(compare_command)
+@cli.command("stats")
+@click.option("--cifs", "cifs", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="folder of CIF files (read in sorted order; not recursive)")
+@click.option("--select", "select", default="all", show_default=True,
+              type=click.Choice(list(SELECTIONS)),
+              help="which structures to use (rules: builder.stats.SELECTIONS, manifests/stats/README.md)")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="output JSON [default: manifests/stats/<DIR name>-<select>.json]")
+@bad_input_exits
+def stats(cifs: Path, select: str, out: Path | None) -> None:
+    """Database statistics and generator priors from a folder of CIFs."""
+    paths = cif_files(cifs)
+    if not paths:
+        raise ValueError(f"{cifs}: no *.cif files")
+    out = out or Path("manifests/stats") / f"{cifs.resolve().name}-{select}.json"
+    doc = summarise(collect(paths, select), {
+        "source_dir": cifs.resolve().name, "selection": select, "files_sha256": files_sha256(paths),
+        "command": f"phaseforge-build stats --cifs .../{cifs.resolve().name} --select {select} --out {out.name}"})
+    c = doc["counts"]
+    if not c["selected"]:
+        raise ValueError(f"{cifs}: no usable structure matches --select {select} "
+                         f"({c['unusable']} of {len(paths)} files unusable)")
+    write_json(doc, out)
+    pri, el = doc["priors"], doc["elements"]
+    click.echo(f"{out}: {c['selected']} of {len(paths)} structures ({c['unusable']} unusable); lognormal "
+               f"mu={pri['lognormal_mu']} sigma={pri['lognormal_sigma']}; C+N+O general {el['general']['cno_share']:.3f}, "
+               f"on inversion centres {el['inversion_centre']['cno_share']:.3f} (selected), "
+               f"{el['inversion_centre_all']['cno_share']:.3f} (all, the default special table)")
+
+
+@cli.command("compare")
+@click.option("--strategy", "strategies", multiple=True, required=True,
+              help="built-in strategy name or .toml path; repeat for several")
+@click.option("--stats", "stats_file", required=True,
+              help="stats file of the database (`phaseforge-build stats`): a path or a committed name, "
+                   "e.g. cod-p21c-small")
+@click.option("--count", type=int, default=1000, show_default=True, help="structures per strategy")
+@click.option("--seed", type=int, default=0, show_default=True, help="root seed")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="output folder")
+@click.option("--distance-count", type=int, default=None,
+              help="structures per strategy for the distance curves [default: all --count]")
+@click.option("--wide-stats", default=None,
+              help="also Fig. 1 right: a_n ~ U(4, 50 Å) against this stats file's cells (e.g. cod-all)")
+@bad_input_exits
+def compare(strategies: tuple[str, ...], stats_file: str, count: int, seed: int, out: Path,
+            distance_count: int | None, wide_stats: str | None) -> None:
+    """Generated vs database distributions: the paper's Figs 1–4 as PNGs, KS tests in compare.json/.md."""
+    cmd = " ".join(["phaseforge-build compare", *[f"--strategy {s}" for s in strategies], f"--stats {stats_file}",
+                    f"--count {count}", f"--seed {seed}", f"--out {out}"]
+                   + ([f"--distance-count {distance_count}"] if distance_count is not None else [])
+                   + ([f"--wide-stats {wide_stats}"] if wide_stats is not None else []))
+    doc = run_compare(strategies, stats_file, count, seed, out, distance_count, command=cmd, wide_stats=wide_stats)
+    for name, s in doc["strategies"].items():
+        click.echo(f"{name}: D volume {fmt_ks(s['ks']['volume'])}, distances {fmt_ks(s['ks']['distances_all_atoms'])}")
+    click.echo(f"wrote {out}/compare.json, compare.md and {len(doc['figures'])} figures")
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from builder.cell import CellConfig
 from builder.fill import FillConfig
-from builder.stats import load_priors
 from builder.symmetry import space_group_ops
+from manifests.priors import STATS_DIR, load_priors, special_table, stats_path
 from manifests.seeds import stable_id
 
 __all__ = ["Strategy", "STRATEGY_DIR", "STATS_DIR", "builtin_strategies", "load_strategy", "canonical_json",
@@ -25,10 +25,9 @@ __all__ = ["Strategy", "STRATEGY_DIR", "STATS_DIR", "builtin_strategies", "load_
 
 _MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 STRATEGY_DIR = _MANIFESTS / "strategies"
-STATS_DIR = _MANIFESTS / "stats"
 PRIOR_KINDS = ("elements", "volume", "v_atom", "x_h")
 _TOP_KEYS = {"name", "description", "space_group", "cell", "fill", "priors"}
-_PRIOR_KEYS = {"stats", "use"}
+_PRIOR_KEYS = {"stats", "use", "special_table"}
 
 
 def canonical_json(obj) -> str:
@@ -82,16 +81,6 @@ def builtin_strategies() -> dict[str, Path]:
     return {p.stem: p for p in sorted(STRATEGY_DIR.glob("*.toml"))}
 
 
-def _stats_path(ref: str, base: Path) -> Path:
-    """A bare name is a committed stats file (manifests/stats/NAME.json); anything else a path (TOML-relative)."""
-    builtin = "/" not in ref and not ref.endswith(".json")
-    p = STATS_DIR / f"{ref}.json" if builtin else (Path(ref) if Path(ref).is_absolute() else base / ref)
-    if not p.is_file():
-        raise ValueError(f"priors stats file {ref!r} not found: name one of manifests/stats "
-                         f"({', '.join(sorted(x.stem for x in STATS_DIR.glob('*.json')))}) or a .json path")
-    return p
-
-
 def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
     unknown = sorted(set(given) - allowed)
     if unknown:
@@ -124,16 +113,19 @@ def load_strategy(ref: str | Path) -> Strategy:
 
     provenance = {}
     if prior_kw:
-        stats = _stats_path(str(prior_kw.get("stats", "cod-molecular")), path.parent)
+        stats = stats_path(str(prior_kw.get("stats", "cod-molecular")), path.parent)
         use = list(prior_kw.get("use", ["elements"]))
         bad = sorted(set(use) - set(PRIOR_KINDS))
         if bad:
             raise ValueError(f"{path.name} [priors] use: unknown kind(s) {', '.join(bad)}; allowed: "
                              f"{', '.join(PRIOR_KINDS)}")
         pri = load_priors(stats)
+        table = prior_kw.get("special_table")  # which special-position table (manifests/priors.py); None: default
+        if table is not None and "elements" not in use:
+            raise ValueError(f"{path.name} [priors] special_table needs \"elements\" in use")
         taken = {
             "elements": ("fill", {"elements_general": pri["elements_general"],
-                                  "elements_special": pri["elements_special"]}),
+                                  "elements_special": special_table(pri, None if table is None else str(table))}),
             "volume": ("cell", {"mu": pri["lognormal_mu"], "sigma": pri["lognormal_sigma"]}),
             "v_atom": ("fill", {"v_atom": pri["v_atom_range"]}),
             "x_h": ("fill", {"x_h": pri["x_h_range"]}),
@@ -149,6 +141,8 @@ def load_strategy(ref: str | Path) -> Strategy:
                 target[k] = tuple(sorted((s, float(p)) for s, p in v.items())) if isinstance(v, dict) else \
                     (tuple(float(x) for x in v) if isinstance(v, list) else float(v))
         provenance = {"stats": stats.name, "sha256": hashlib.sha256(stats.read_bytes()).hexdigest(), "use": use}
+        if "elements" in use:
+            provenance["special_table"] = str(table or pri.get("special_default", "elements_special"))
     try:
         strat = Strategy(name=str(doc.get("name", path.stem)), description=str(doc.get("description", "")),
                          space_group=str(doc.get("space_group", "P 1 21/c 1")), cell=CellConfig(**cell_kw),

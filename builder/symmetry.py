@@ -1,8 +1,9 @@
-"""Space-group operations and inversion-centre special positions, derived from gemmi's tables.
+"""Space-group operations, inversion-centre special positions and permissible origin shifts, from gemmi's tables.
 
-Nothing here is typed in by hand: the operations come from `gemmi.SpaceGroup(...).operations()` and the
-special positions of a centrosymmetric group are solved from its operations (paper §3.5: "In the space group
-P2₁/c, there are four distinct special positions corresponding to centers of inversion").
+Nothing here is typed in by hand: the operations come from `gemmi.SpaceGroup(...).operations()`; the special
+positions of a centrosymmetric group are solved from its operations (paper §3.5: "In the space group P2₁/c, there
+are four distinct special positions corresponding to centers of inversion"), and so are the origin shifts that
+the phase-agreement metric r and the PhAI loss maximise (minimise) over (phasing-baselines.md §1.6).
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import gemmi
 import numpy as np
 
 __all__ = ["SymOps", "space_group_ops", "inversion_centres", "site_multiplicity", "wrap", "SPECIAL_TOL",
-           "images", "near_multiplicity", "distinct_positions"]
+           "images", "near_multiplicity", "distinct_positions", "origin_shifts", "origin_shift_parity",
+           "P21C", "P21C_ORIGIN_SHIFTS", "SOLVED_R"]
 
 SPECIAL_TOL = 0.1  # Å: images of one atom closer than this are one atom on a special position (real CIFs)
+P21C = "P 1 21/c 1"  # the space group of PhAI's training data, loss and metric
+SOLVED_R = 0.8  # a structure is "solved" when r, maximised over the origin shifts, is >= this (PhAI; Acta A 2026)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,3 +143,43 @@ def distinct_positions(rot: np.ndarray, tran: np.ndarray, orth: np.ndarray, frac
         if not any((_cart_mod1(orth, orbit - r) < tol).any() for r in reps):
             reps.append(x)
     return len(reps)
+
+
+@functools.lru_cache(maxsize=64)
+def origin_shifts(name: str) -> np.ndarray:
+    """The permissible origin shifts t = s/2, s ∈ {0,1}³, of a space group: (S, 3) int64 s, read-only.
+
+    Moving the origin by t maps each operation (R, τ) to (R, τ + (R − I)t); t is permissible when the shifted
+    operations are the group's own (mod lattice), so phases change by 2π h·t = π h·s and |F| not at all. Rows come
+    in np.ndindex order (row i ↔ s = (i >> 2 & 1, i >> 1 & 1, i & 1)), row 0 the identity. For P2₁/c these are all
+    8 inversion centres; only half-integer shifts are searched (continuous shifts of polar groups are not listed).
+    """
+    ops = space_group_ops(name)
+    keep = []
+    for s in np.ndindex(2, 2, 2):
+        t = np.array(s, dtype=np.float64) / 2
+        shifted = ops.tran + np.einsum("nij,j->ni", ops.rot - np.eye(3), t)
+        if all(_has_op(ops, r, tr) for r, tr in zip(ops.rot, shifted)):
+            keep.append(s)
+    out = np.array(keep, dtype=np.int64).reshape(-1, 3)
+    out.setflags(write=False)
+    return out
+
+
+def _has_op(ops: SymOps, r: np.ndarray, t: np.ndarray) -> bool:
+    return any(np.allclose(rj, r) and _frac_dist_zero(tj - t) for rj, tj in zip(ops.rot, ops.tran))
+
+
+def origin_shift_parity(hkl: np.ndarray, shifts: np.ndarray | None = None) -> np.ndarray:
+    """(S, N) int64 h·s mod 2 per origin shift s (default: P2₁/c's) and reflection: 1 where the 0/π class flips.
+
+    The sign of a centric phase difference under shift t = s/2 is cos(π h·s) = 1 − 2 (h·s mod 2).
+    """
+    h = np.asarray(hkl)
+    if h.ndim != 2 or h.shape[1] != 3:
+        raise ValueError(f"hkl must have shape (N, 3), got {h.shape}")
+    s = P21C_ORIGIN_SHIFTS if shifts is None else np.asarray(shifts, dtype=np.int64)
+    return (s @ h.astype(np.int64).T) & 1
+
+
+P21C_ORIGIN_SHIFTS: np.ndarray = origin_shifts(P21C)

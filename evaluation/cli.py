@@ -101,12 +101,13 @@ def run(testset, cifs, select, checkpoint, method, out, d_min, cycles, random_st
     settings: dict[str, Any] = {"d_min": d_min, "seed": seed, "limit": limit, "space_group": "P 1 21/c 1"}
     model = scan_cfg = ck_info = None
     if method in ("model", "model+cf"):
-        from evaluation.recycle import ScanConfig, load_checkpoint, parse_cycles
+        from evaluation.recycle import ScanConfig, parse_cycles
+        from training.checkpoint import load_model
 
         scan_cfg = ScanConfig(cycles=parse_cycles(cycles), zero_start=zero_start, random_starts=random_starts,
                               seed=seed, fom=fom, batch_size=batch_size)
         dev = _resolve_device(device)
-        loaded = load_checkpoint(checkpoint, dev)
+        loaded = load_model(checkpoint, dev)
         model, ck_info = loaded.model, loaded.info
         hkl = phai_hkl(loaded.config.max_index)
         settings.update(cycles=list(scan_cfg.cycles), zero_start=zero_start, random_starts=random_starts,

@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from builder.symmetry import P21C_ORIGIN_SHIFTS as ORIGIN_SHIFTS  # s ∈ {0,1}³, t = s / 2 (np.ndindex order)
+from builder.symmetry import SOLVED_R, origin_shift_parity
+
 __all__ = ["SOLVED_R", "ORIGIN_SHIFTS", "phase_r", "phase_r_batch", "phase_r_all_shifts", "summarise"]
-
-SOLVED_R = 0.8  # "solved" threshold on r (Larsen et al. 2024; Acta A 2026)
-
-# s ∈ {0,1}³ in np.ndindex order: index i ↔ s = ((i >> 2) & 1, (i >> 1) & 1, i & 1); the shift is t = s / 2.
-ORIGIN_SHIFTS: np.ndarray = np.array(list(np.ndindex(2, 2, 2)), dtype=np.int64)
-ORIGIN_SHIFTS.setflags(write=False)
 
 
 def _check_hkl(hkl: np.ndarray) -> np.ndarray:
@@ -43,8 +40,7 @@ def _check_hkl(hkl: np.ndarray) -> np.ndarray:
 
 def _shift_signs(hkl: np.ndarray) -> np.ndarray:
     """(H, 8) float64: (−1)^(h·s) = cos(2π h·t) for the 8 origin shifts t = s/2."""
-    hs = hkl @ ORIGIN_SHIFTS.T  # (H, 8) integers
-    return 1.0 - 2.0 * (hs & 1).astype(np.float64)
+    return 1.0 - 2.0 * origin_shift_parity(hkl, ORIGIN_SHIFTS).T.astype(np.float64)
 
 
 def _prepare(amp: np.ndarray, phase_pred: np.ndarray, phase_true: np.ndarray, hkl: np.ndarray,

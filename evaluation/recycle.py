@@ -21,44 +21,26 @@ Picking one run per structure:
         run's phases are cycled once more (1 = a fixed point of the recycling map); ties broken by confidence.
     Both are computed for every run and reported; `fom` chooses which one is the headline pick.
 
-Checkpoints: our trainer's dicts (a "model" state_dict, optional "config") and bare published PhAI
-state_dicts (keys "net_a.1.weight", …). The model configuration is read from the tensor shapes (so a bare
-state_dict of any preset loads) and, when the checkpoint also stores one, cross-checked against it.
+Checkpoints (trainer dicts and bare published PhAI state_dicts) are read, as data only, by
+`training.checkpoint.load_model`; the recycling loop is `training.model.recycle`, the one the trainer uses.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import pickle
-import re
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from builder.reflections import hkl_hash, phai_hkl
-from manifests.schema import sha256_file
 from manifests.seeds import seeded_rng, stable_id
-from training.model import (
-    ModelConfig,
-    PhAINet,
-    config_dict,
-    logits_to_phase_deg,
-    recycle,
-    to_grid,
-)
+from training.model import PhAINet, logits_to_phase_deg, recycle, to_grid
 
 __all__ = [
-    "FOMS", "ScanConfig", "ScanInput", "ScanResult", "LoadedModel", "parse_cycles", "config_from_state_dict",
-    "load_checkpoint", "start_phases", "scan", "pick_runs",
+    "FOMS", "ScanConfig", "ScanInput", "ScanResult", "parse_cycles", "start_phases", "scan", "pick_runs",
 ]
 
 FOMS = ("confidence", "consistency")
-_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
-_MIXER = re.compile(r"^net_mixer_layers\.(\d+)\.0\.layer1\.weight$")
-_CONV = re.compile(r"^net_convolution_layers\.(\d+)\.0\.conv1\.weight$")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -115,145 +97,6 @@ def parse_cycles(text: str) -> tuple[int, ...]:
     if not out or out[0] < 1:
         raise ValueError(f"cycles {text!r} must name positive cycle counts")
     return out
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedModel:
-    """A network ready for inference, and what the report says about where it came from."""
-
-    model: PhAINet
-    config: ModelConfig
-    info: dict[str, Any]  # name, sha256, format ("trainer" | "bare"), config, step (when known)
-
-
-def _strip(sd: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        for p in _PREFIXES:
-            if k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
-    return out
-
-
-def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> ModelConfig:
-    """The ModelConfig whose PhAINet has exactly these parameter shapes.
-
-    Works on any tensors with shapes (meta tensors included).
-
-    Raises:
-        ValueError: the mapping is not a PhAI state_dict.
-    """
-    sd = _strip(sd)
-    try:
-        stem = sd["net_a.1.weight"].shape  # (filters, 1, k, k, k)
-        proj = sd["net_projection_layer.1.weight"].shape  # (dim, n_grid)
-        out = sd["net_output.3.weight"].shape  # (2 N, dim)
-        conv = sorted(int(m.group(1)) for k in sd if (m := _CONV.match(k)))
-        mixer = sorted(int(m.group(1)) for k in sd if (m := _MIXER.match(k)))
-        token = sd["net_mixer_layers.0.0.layer1.weight"].shape  # (dim_token_exp, filters, 1)
-        channel = sd["net_mixer_layers.0.1.layer1.weight"].shape  # (dim_exp, dim)
-    except (KeyError, AttributeError) as exc:
-        raise ValueError(f"not a PhAI state_dict (missing {exc})") from None
-    n_grid = int(proj[1])
-    m = next((m for m in range(1, 64) if (2 * m + 1) * (m + 1) ** 2 == n_grid), None)
-    if m is None:
-        raise ValueError(f"projection input {n_grid} is no (2m+1)(m+1)^2 grid")
-    return ModelConfig(max_index=m, filters=int(stem[0]), kernel=int(stem[-1]), cnn_depth=len(conv),
-                       dim=int(proj[0]), dim_exp=int(channel[0]), dim_token_exp=int(token[0]),
-                       mlp_depth=len(mixer), reflections=int(out[0]) // 2)
-
-
-def _stored_config(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A ModelConfig-like dict stored in a trainer checkpoint, wherever the trainer put it."""
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    cfg = ckpt.get("config")
-    for cand in (ckpt.get("model_config"), cfg.get("model") if isinstance(cfg, Mapping) else None, cfg):
-        if isinstance(cand, Mapping) and names & set(cand):
-            return {k: v for k, v in cand.items() if k in names}
-    return None
-
-
-def _torch_load(path: Path) -> Any:
-    def fail(exc: BaseException) -> ValueError:
-        return ValueError(f"cannot read checkpoint {path}: {' '.join(str(exc).split())[:200]}")
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            raise fail(exc) from None
-    except Exception as exc:  # noqa: BLE001 (torch.load fails in many ways on a file that is not a checkpoint)
-        raise fail(exc) from None
-    # A file that is a valid torch pickle but holds more than tensors and plain containers (our trainer may
-    # store numpy or dataclass objects beside the weights) is loaded in full: it is trusted like code.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise fail(exc) from None
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a trainer checkpoint or a bare (published) PhAI state_dict for inference.
-
-    Args:
-        path: a torch.save file: a dict with a "model" state_dict (our trainer, `training.train`: "config"
-            ["model"] is cross-checked against the weights, "hkl_sha256" against the reflection list, and
-            "train_state"["step"] is reported; "ema" weights are preferred when present), or a bare state_dict
-            (keys "net_a.1.weight", …; DDP "module." and torch.compile "_orig_mod." prefixes are stripped).
-        device: where the model goes; it is put in eval mode.
-
-    Returns:
-        LoadedModel.
-
-    Raises:
-        ValueError: unreadable file, not a PhAI state_dict, or a stored config that disagrees with the shapes.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"checkpoint {p} does not exist")
-    obj = _torch_load(p)
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict")
-    info: dict[str, Any] = {"name": p.name, "sha256": sha256_file(p)}
-    weights = next((obj[k] for k in ("ema", "model", "state_dict") if isinstance(obj.get(k), Mapping)), None)
-    if weights is not None:
-        info["format"] = "trainer"
-        info["weights"] = next(k for k in ("ema", "model", "state_dict") if isinstance(obj.get(k), Mapping))
-        stored = _stored_config(obj)
-        ts = obj.get("train_state")
-        if isinstance(ts, Mapping) and isinstance(ts.get("step"), int):
-            info["step"] = ts["step"]
-        elif isinstance(obj.get("step"), int):
-            info["step"] = obj["step"]
-    else:
-        weights, stored = obj, None
-        info["format"] = "bare"
-    sd = _strip(weights)
-    cfg = config_from_state_dict(sd)
-    if stored is not None:
-        try:
-            want = ModelConfig(**stored)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"checkpoint {p} stores an invalid model config: {exc}") from None
-        if want != cfg:
-            raise ValueError(f"checkpoint {p}: stored config {config_dict(want)} does not match the weights "
-                             f"{config_dict(cfg)}")
-    hkl_sha = obj.get("hkl_sha256") if info["format"] == "trainer" else None
-    if isinstance(hkl_sha, str) and hkl_sha != hkl_hash(phai_hkl(cfg.max_index)):
-        raise ValueError(f"checkpoint {p} was trained on another reflection list (hkl_sha256 {hkl_sha[:16]}…)")
-    if isinstance(obj.get("format"), str):
-        info["checkpoint_format"] = obj["format"]
-    model = PhAINet(cfg)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {p} does not load into PhAINet: {' '.join(str(exc).split())[:300]}") from None
-    info["config"] = config_dict(cfg)
-    return LoadedModel(model=model.to(device).eval(), config=cfg, info=info)
 
 
 # ----------------------------------------------------------------------------- the scan

@@ -17,7 +17,7 @@ Steps (each one's figures go into `Reduced.report`, and from there into solve.js
      with l odd) and warned about; absent reflections are never phased.
   6. Resolution and completeness: d range; completeness to the data's d_min and to the network's d_min
      (against gemmi's count of unique, not absent reflections).
-  7. The phasing frame: space group 14 in any setting goes to P 1 21/c 1 by `evaluation.cif.standardise` (the
+  7. The phasing frame: space group 14 in any setting goes to P 1 21/c 1 by `builder.setting.standardise` (the
      rules of CIF ingestion): x' = M x + t, h' = h M⁻¹, φ(h) = φ'(h') − 2π h'·t; other groups stay as they are.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import gemmi
 import numpy as np
 
 from builder.reflections import d_spacing, stol2
-from evaluation.cif import STANDARD_SETTING, standardise
+from builder.setting import STANDARD_SETTING, standardise
 from evaluation.french_wilson import french_wilson, shell_mean
 from evaluation.reflections_io import Measured
 
@@ -186,12 +186,12 @@ def merge(cell6: np.ndarray, sg: gemmi.SpaceGroup, hkl: np.ndarray, value: np.nd
 
 
 def frame_for(cell6: np.ndarray, sg: gemmi.SpaceGroup, transform: str | None = None) -> Frame:
-    """The phasing frame: P 1 21/c 1 for space group 14 (via `evaluation.cif.standardise`, or the given
+    """The phasing frame: P 1 21/c 1 for space group 14 (via `builder.setting.standardise`, or the given
     `transform` triplet, e.g. the one CIF ingestion chose for the model), the input's own setting otherwise."""
     if sg.number != 14:
         return Frame(sg.xhm(), np.array(cell6, dtype=np.float64), np.eye(3), np.zeros(3), "x,y,z")
     if transform is None:
-        _, _, op = standardise(gemmi.UnitCell(*cell6), sg, np.zeros((0, 3)))
+        op = standardise(gemmi.UnitCell(*cell6), sg).op
     else:
         op = gemmi.Op(transform)
     new = gemmi.UnitCell(*cell6).changed_basis_forward(op, False)

@@ -55,9 +55,9 @@ def _out_state(out: Path, inputs: list[dict], settings: dict[str, Any], overwrit
 
 
 def _load_model(checkpoint: Path, device: str) -> tuple[Any, dict]:
-    from evaluation.recycle import load_checkpoint
+    from training.checkpoint import load_model
 
-    loaded = load_checkpoint(checkpoint, device)
+    loaded = load_model(checkpoint, device)
     return loaded.model, loaded.info
 
 

@@ -6,7 +6,8 @@ and 6), and a "skipped" list saying why each other file was left out. The CIFs o
 ship inside the package as one deterministic `manifests/testsets/cod-p21c.tar.xz`; `iter_testset_cifs` reads
 them back and checks every hash.
 
-Selection rules (applied to the cell after standardisation to P 1 21/c 1 with β ≥ 90°, see `evaluation.cif`):
+Selection rules (applied to the reduced P 1 21/c 1 cell, `builder.setting.standardise`; the same size classes
+select the database statistics `p21c-small` / `p21c-large-only`, `builder.setting.size_class`):
   * `p21c-small`: all three edges ≤ 10 Å (the paper's 3086-structure test set uses 4 Å ≤ a_n ≤ 10 Å);
   * `p21c-large`: all edges < 20 Å and at least one > 10 Å (the paper's N = 5000 set, a_n < 20 Å).
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from importlib.resources.abc import Traversable
 from typing import Any
 
+from builder.setting import EDGE_TOL, SIZE_CLASSES, size_class
 from evaluation.cif import Ingested, Unusable, parse_structure
 
 __all__ = [
@@ -34,12 +36,9 @@ __all__ = [
 ]
 
 TESTSET_VERSION = 1
-EDGE_TOL = 1e-6  # Å: cell edges are compared with this slack, so that 10.0 stays 10.0 after a basis change
-SELECTIONS: dict[str, str] = {
-    "p21c-small": "space group 14 in P 1 21/c 1 with beta >= 90; all edges <= 10 A",
-    "p21c-large": "space group 14 in P 1 21/c 1 with beta >= 90; all edges < 20 A, at least one > 10 A",
-    "p21c-measured": "space group 14 (any cell) with measured reflections in the file (evaluation.measured)",
-}
+SELECTIONS: dict[str, str] = {f"p21c-{k}": f"space group 14 in its reduced P 1 21/c 1 cell (beta >= 90); {v}"
+                              for k, v in SIZE_CLASSES.items()}
+SELECTIONS["p21c-measured"] = "space group 14 (any cell) with measured reflections in the file (evaluation.measured)"
 COD_URL = "https://www.crystallography.net/cod/{id}.cif"
 _PACKAGE_DIR = ("manifests", "testsets")
 
@@ -49,21 +48,16 @@ def selection_reason(cell6: Sequence[float], select: str) -> str | None:
 
     Args:
         cell6: a, b, c (Å), α, β, γ (deg) in the standard setting.
-        select: a key of `SELECTIONS`.
+        select: a key of `SELECTIONS`; its size class is `builder.setting.size_class`.
 
     Raises:
         ValueError: unknown selection.
     """
     if select not in SELECTIONS:
         raise ValueError(f"unknown selection {select!r}: choose one of {sorted(SELECTIONS)}")
-    edge = float(max(cell6[:3]))
-    if select == "p21c-measured":
-        ok = True  # no cell rule: the `accept` hook of build_testset selects (evaluation.measured)
-    elif select == "p21c-small":
-        ok = edge <= 10.0 + EDGE_TOL
-    else:
-        ok = 10.0 + EDGE_TOL < edge < 20.0 - EDGE_TOL
-    return None if ok else f"longest edge {edge:.3f} A outside {select}"
+    if select == "p21c-measured" or size_class(cell6) == select.removeprefix("p21c-"):
+        return None  # p21c-measured has no cell rule: build_testset's `accept` hook selects (evaluation.measured)
+    return f"longest edge {float(max(cell6[:3])):.3f} A outside {select}"
 
 
 def _id_key(name: str) -> tuple[int, str]:
@@ -100,6 +94,7 @@ def _entry(ing: Ingested, data: bytes, source: dict[str, str]) -> dict[str, Any]
         "setting": ing.original_setting,
         "transform": ing.transform,
         "notes": list(ing.notes),
+        "n_u_fallback": ing.n_u_fallback,
         "source": source,
     }
 

@@ -1,4 +1,4 @@
-"""builder/compare.py: the analytic f_V of uniform edges (eqs 1–5), the KS tests, and `phaseforge-build compare`."""
+"""builder/compare*.py: the analytic f_V of uniform edges (eqs 1–5), the KS tests, and `phaseforge-build compare`."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from scipy import stats as sps
 
 from builder import compare, stats
+from builder import compare_sampling as cs
+from builder.stats_summary import histogram
 from builder.cell import CellConfig, sample_cell
 from builder.cli import cli
 from builder.strategy import load_strategy
@@ -25,15 +27,15 @@ CIF_DIR = Path(__file__).parent / "data" / "stats_cif"
 
 @pytest.mark.parametrize("a_min,a_max", [(4.0, 10.0), (4.0, 50.0), (2.0, 3.0)])
 def test_analytic_fv_integrates_to_one(a_min, a_max):
-    c, f, h = compare.uniform_edges_lnv_pdf(a_min, a_max)
+    c, f, h = cs.uniform_edges_lnv_pdf(a_min, a_max)
     assert np.sum(f) * h == pytest.approx(1.0, abs=1e-12)  # exact masses of f_B (eq. 4), convolved (eq. 5)
     v = np.geomspace(a_min**3, a_max**3, 200_001)
-    fv = compare.uniform_edges_volume_pdf(v, a_min, a_max)
+    fv = cs.uniform_edges_volume_pdf(v, a_min, a_max)
     assert np.trapezoid(fv, v) == pytest.approx(1.0, abs=2e-3)
     # E[V] = E[A]³ for independent edges: hand-checkable, e.g. 7³ = 343 Å³ for U(4, 10)
     assert np.trapezoid(v * fv, v) == pytest.approx(((a_min + a_max) / 2) ** 3, rel=2e-3)
-    assert compare.uniform_edges_volume_pdf(np.array([0.5 * a_min**3, 2 * a_max**3]), a_min, a_max).tolist() == [0, 0]
-    cdf = compare.uniform_edges_volume_cdf(v, a_min, a_max)
+    assert cs.uniform_edges_volume_pdf(np.array([0.5 * a_min**3, 2 * a_max**3]), a_min, a_max).tolist() == [0, 0]
+    cdf = cs.uniform_edges_volume_cdf(v, a_min, a_max)
     assert cdf[0] == pytest.approx(0.0, abs=1e-3) and cdf[-1] == pytest.approx(1.0, abs=1e-3)
     assert np.all(np.diff(cdf) >= 0)
 
@@ -46,7 +48,7 @@ def test_analytic_fv_is_the_density_of_a_product_of_uniforms():
     v0 = 343.0
     # P(A1 A2 A3 ≤ v0) = E over (A1, A2) of clip((v0/(A1 A2) − 4)/6, 0, 1)
     p = np.clip((v0 / (m[:, None] * m[None, :]) - 4.0) / 6.0, 0.0, 1.0).mean()
-    assert compare.uniform_edges_volume_cdf(v0, 4.0, 10.0) == pytest.approx(p, abs=1e-3)
+    assert cs.uniform_edges_volume_cdf(v0, 4.0, 10.0) == pytest.approx(p, abs=1e-3)
 
 
 def test_analytic_fv_matches_sampled_cells():
@@ -55,11 +57,11 @@ def test_analytic_fv_matches_sampled_cells():
     rng = np.random.default_rng(5)
     cells = np.array([sample_cell(rng, cfg) for _ in range(4000)])
     vol = np.array([gemmi.UnitCell(*c).volume for c in cells])
-    ks = sps.kstest(vol, lambda x: compare.uniform_edges_volume_cdf(x, 4.0, 10.0))
+    ks = sps.kstest(vol, lambda x: cs.uniform_edges_volume_cdf(x, 4.0, 10.0))
     assert ks.statistic < 0.03 and ks.pvalue > 0.01
     counts, edges = np.histogram(vol, bins=40, range=(64.0, 1000.0), density=True)
     mid = (edges[1:] + edges[:-1]) / 2
-    l1 = np.sum(np.abs(counts - compare.uniform_edges_volume_pdf(mid, 4.0, 10.0))) * (edges[1] - edges[0])
+    l1 = np.sum(np.abs(counts - cs.uniform_edges_volume_pdf(mid, 4.0, 10.0))) * (edges[1] - edges[0])
     assert l1 < 0.1
     # and not the log-normal: the same test tells them apart
     ln = sps.kstest(vol, "lognorm", args=(0.394, 0.0, math.exp(6.04)))
@@ -68,7 +70,7 @@ def test_analytic_fv_matches_sampled_cells():
 
 def test_bad_analytic_bounds():
     with pytest.raises(ValueError, match="a_min < a_max"):
-        compare.uniform_edges_lnv_pdf(10.0, 4.0)
+        cs.uniform_edges_lnv_pdf(10.0, 4.0)
 
 
 # ------------------------------------------------------------------------------------------------ KS tests
@@ -76,8 +78,8 @@ def test_bad_analytic_bounds():
 @pytest.fixture(scope="module")
 def two_seeds():
     strat = load_strategy("lognormal-molecules")
-    return (compare.sample_strategy(strat, 1, 250, progress=False),
-            compare.sample_strategy(strat, 2, 250, progress=False))
+    return (cs.sample_strategy(strat, 1, 250, progress=False),
+            cs.sample_strategy(strat, 2, 250, progress=False))
 
 
 def test_ks_of_a_strategy_against_itself_is_small(two_seeds):
@@ -86,14 +88,14 @@ def test_ks_of_a_strategy_against_itself_is_small(two_seeds):
              "ratio_a2_a1": (a.edges[:, 1] / a.edges[:, 0], b.edges[:, 1] / b.edges[:, 0]),
              "beta": (a.beta[True], b.beta[True])}
     for key, (x, y) in pairs.items():
-        ks = compare.ks_samples(x, y)
+        ks = cs.ks_samples(x, y)
         assert ks["statistic"] < 0.15 and ks["pvalue"] > 0.001, (key, ks)
     for sub in ("all_atoms", "non_h"):
-        ks = compare.ks_curves(a.distances[sub], b.distances[sub])
+        ks = cs.ks_curves(a.distances[sub], b.distances[sub])
         assert ks["statistic"] < 0.03 and ks["pvalue"] > 0.5, (sub, ks)
-        assert compare.ks_curves(a.distances[sub], a.distances[sub])["statistic"] == 0.0
+        assert cs.ks_curves(a.distances[sub], a.distances[sub])["statistic"] == 0.0
     # the unadjusted s3 bound is a different distribution (Fig. 3): the test sees it at this size
-    assert compare.ks_samples(a.beta[False], b.beta[True])["statistic"] > compare.ks_samples(
+    assert cs.ks_samples(a.beta[False], b.beta[True])["statistic"] > cs.ks_samples(
         a.beta[True], b.beta[True])["statistic"]
 
 
@@ -108,9 +110,9 @@ def test_sampled_structures_are_the_shard_samples(two_seeds):
 def test_binned_ks_is_exact_ks_on_the_bin_edges():
     rng = np.random.default_rng(3)
     x, y = rng.normal(0.0, 1.0, 3000), rng.normal(0.1, 1.0, 500)
-    hist = stats._hist(y, -3.0, 3.0, 0.05)  # the stats file's histogram format (with under/overflow)
-    b = compare.ks_binned(x, hist)
-    e = compare.ks_samples(x, y)
+    hist = histogram(y, -3.0, 3.0, 0.05)  # the stats file's histogram format (with under/overflow)
+    b = cs.ks_binned(x, hist)
+    e = cs.ks_samples(x, y)
     assert b["n_database"] == 500 and b["method"] == "binned"
     assert b["statistic"] <= e["statistic"] + 1e-12  # the binned CDFs are the exact ones sampled at the bin edges
     assert b["statistic"] == pytest.approx(e["statistic"], abs=0.02)
@@ -141,8 +143,8 @@ def test_committed_stats_hold_per_structure_values():
     e = np.array(v["edges_sorted"])
     assert np.all(np.diff(e, axis=1) >= 0) and e.max() <= 10.0
     h = doc["cell"]["volume"]["hist_ln_v"]  # the stored values rebuild the stored histogram
-    assert stats._hist(np.log(v["volume"]), h["lo"], h["hi"], h["width"])["counts"] == h["counts"]
-    db = compare.load_database(SMALL)
+    assert histogram(np.log(v["volume"]), h["lo"], h["hi"], h["width"])["counts"] == h["counts"]
+    db = cs.load_database(SMALL)
     assert db.values is not None and len(db.values["monoclinic_angle"]) == n  # all P2₁/c: monoclinic
 
 
@@ -165,12 +167,13 @@ def test_compare_end_to_end(tmp_path):
     doc = json.loads(text)
     assert list(doc) == sorted(doc) and doc["schema"] == compare.SCHEMA
     assert set(doc["strategies"]) == {"lognormal-molecules", "uniform-edges-random"}
-    assert doc["database"]["n_structures"] == 37 and doc["database"]["per_structure_values"]
+    n_db = json.loads(SMALL.read_text())["counts"]["selected"]
+    assert doc["database"]["n_structures"] == n_db and doc["database"]["per_structure_values"]
     for s in doc["strategies"].values():
         assert set(s["ks"]) == set(compare.QUANTITIES)
         for key, ks in s["ks"].items():
             assert 0.0 <= ks["statistic"] <= 1.0 and 0.0 <= ks["pvalue"] <= 1.0, key
-        assert s["ks"]["volume"]["method"] == "exact" and s["ks"]["volume"]["n_database"] == 37
+        assert s["ks"]["volume"]["method"] == "exact" and s["ks"]["volume"]["n_database"] == n_db
     assert doc["analytic_fv"]["uniform-edges-random"]["integral"] == pytest.approx(1.0, abs=1e-9)
     md = (out / "compare.md").read_text()
     assert "| lognormal-molecules |" in md and "fig4_distances.png" in md
@@ -187,7 +190,7 @@ def test_compare_without_per_structure_values_uses_binned_ks(tmp_path):
                 str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     ks = json.loads((tmp_path / "o" / "compare.json").read_text())["strategies"]["uniform-edges-random"]["ks"]
-    assert ks["volume"]["method"] == "binned" and ks["volume"]["n_database"] == 37
+    assert ks["volume"]["method"] == "binned" and ks["volume"]["n_database"] == doc["counts"]["selected"]
 
 
 @pytest.mark.parametrize("args,needle", [

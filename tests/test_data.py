@@ -16,9 +16,8 @@ from builder.reflections import d_spacing, phai_hkl, systematic_absences
 from builder.strategy import Strategy
 from manifests.schema import ManifestError
 from training.data import (DataConfig, Loader, ShardError, collate, compute_prior, consumed_shards, open_source,
-                           open_sources, phase_r, prepare_batch, read_shard, stream_shard, to_sample,
+                           open_sources, prepare_batch, read_shard, stream_shard, to_sample,
                            validation_batches)
-from training.loss import origin_shift_signs
 from training.model import to_grid
 from training.sf_torch import structure_factors_torch
 
@@ -332,22 +331,3 @@ def test_validation_batches_are_fixed(sets):
     assert [len(x["key"]) for x in a] == [4, 4, 2]
     assert torch.cat([x["key"] for x in a]).tolist() == list(range(10))
     assert same_batches(a, b)
-
-
-def test_phase_r_hand_cases():
-    signs = origin_shift_signs(HKL)
-    gen = torch.Generator().manual_seed(0)
-    true = torch.randint(0, 2, (3, 1205), generator=gen).float() * torch.pi
-    amp = torch.rand(3, 1205, generator=gen)
-    obs = torch.from_numpy(~ABSENT).expand(3, -1)
-    assert torch.allclose(phase_r(true, true, amp, obs, signs), torch.ones(3))                  # identical
-    shifted = true + torch.pi * (signs[5] < 0)                                                    # origin shift
-    assert torch.allclose(phase_r(shifted, true, amp, obs, signs), torch.ones(3), atol=1e-6)
-    one_wrong = true.clone()
-    i = int(torch.argmax(amp[0] * obs[0]))
-    one_wrong[0, i] += torch.pi
-    w = amp[0] ** 2 * obs[0]
-    want = 1 - 2 * w[i] / w.sum()
-    assert torch.isclose(phase_r(one_wrong, true, amp, obs, signs)[0], want, atol=1e-5)
-    rand = torch.randint(0, 2, (3, 1205), generator=gen).float() * torch.pi
-    assert float(phase_r(rand, true, amp, obs, signs).max()) < 0.5                             # random signs

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from builder.reflections import hkl_hash, phai_hkl
-from evaluation.recycle import (ScanConfig, ScanInput, ScanResult, config_from_state_dict, load_checkpoint,
-                                parse_cycles, pick_runs, scan, start_phases)
+from evaluation.recycle import ScanConfig, ScanInput, ScanResult, parse_cycles, pick_runs, scan, start_phases
+from training.checkpoint import config_from_state_dict, load_model
 from training.model import PhAINet, seeded_model, config_dict, logits_to_phase_deg, paper, recycle, tiny, to_grid
 
 KEYS = Path(__file__).parent / "data" / "phai-state-dict-keys.txt"
@@ -73,7 +73,7 @@ def test_trainer_and_bare_checkpoints_load_the_same(tmp_path: Path, tiny_model: 
                 "config": {"model": config_dict(tiny()), "train": {"steps": 7}}, "train_state": {"step": 7},
                 "prior": torch.ones(1205), "hkl_sha256": hkl_hash(HKL)}, trainer)
     torch.save(tiny_model.state_dict(), bare)
-    a, b = load_checkpoint(trainer), load_checkpoint(bare)
+    a, b = load_model(trainer), load_model(bare)
     assert a.config == b.config == tiny()
     assert a.info["format"] == "trainer" and a.info["step"] == 7 and b.info["format"] == "bare"
     assert a.info["checkpoint_format"] == "phaseforge-checkpoint-1"
@@ -88,21 +88,21 @@ def test_checkpoint_errors(tmp_path: Path, tiny_model: PhAINet):
     torch.save({"model": tiny_model.state_dict(),
                 "config": {"model": config_dict(dataclasses.replace(tiny(), dim=128))}}, wrong)
     with pytest.raises(ValueError, match="does not match"):
-        load_checkpoint(wrong)
+        load_model(wrong)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
-        load_checkpoint(junk)
+        load_model(junk)
     with pytest.raises(ValueError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.pt")
+        load_model(tmp_path / "missing.pt")
     moved = tmp_path / "moved.pt"
     torch.save({"model": tiny_model.state_dict(), "hkl_sha256": "0" * 64}, moved)
     with pytest.raises(ValueError, match="another reflection list"):
-        load_checkpoint(moved)
+        load_model(moved)
     other = tmp_path / "other.pt"
     torch.save({"model": {"w": torch.zeros(2)}}, other)
     with pytest.raises(ValueError, match="not a PhAI state_dict"):
-        load_checkpoint(other)
+        load_model(other)
 
 
 def test_start_phases_depend_only_on_seed_and_id():

@@ -1,13 +1,19 @@
 """The phase-agreement metric r (DESIGN.md "Metrics"): hand-computable cases and the map-correlation identity."""
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from builder.reflections import phai_hkl, systematic_absences
-from builder.symmetry import space_group_ops
+from builder.symmetry import P21C_ORIGIN_SHIFTS, origin_shifts, space_group_ops
 from evaluation.metrics import (ORIGIN_SHIFTS, SOLVED_R, phase_r, phase_r_all_shifts, phase_r_batch,
                                 summarise)
+from tests.conftest import gemmi_sf
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SG = "P 1 21/c 1"
 
@@ -227,3 +233,49 @@ def test_r_equals_map_correlation(case):
         assert tuple(ORIGIN_SHIFTS[best]) == (1, 0, 1) and r > 0.5
     if case == "independent":
         assert r < 0.5
+
+
+# ----------------------------------------------------------------------------- origin shifts and the threshold
+
+def test_origin_shifts_are_those_gemmi_confirms():
+    """t = s/2 is a permissible origin of P2₁/c exactly when moving every atom by t gives F'(h) = F(h)·(−1)^(h·s)
+    (gemmi's direct summation as the second path); t = (¼, 0, 0) changes |F|."""
+    rng = np.random.default_rng(5)
+    hkl = phai_hkl()[rng.choice(1205, 60, replace=False)]
+    cell, frac = (7.0, 8.0, 9.0, 90.0, 104.0, 90.0), rng.random((5, 3))
+    z, occ, u = np.array([16, 8, 7, 6, 6]), np.ones(5), np.full(5, 0.02)
+    f0 = gemmi_sf(cell, SG, frac, z, occ, u, hkl)
+    confirmed = []
+    for s in np.ndindex(2, 2, 2):
+        f = gemmi_sf(cell, SG, frac + np.array(s) / 2, z, occ, u, hkl)
+        if np.allclose(f, f0 * (-1.0) ** (hkl @ np.array(s)), atol=1e-4 * np.abs(f0).max()):
+            confirmed.append(s)
+    assert [tuple(v) for v in origin_shifts(SG)] == confirmed == list(np.ndindex(2, 2, 2))
+    assert ORIGIN_SHIFTS is P21C_ORIGIN_SHIFTS and not ORIGIN_SHIFTS.flags.writeable
+    quarter = gemmi_sf(cell, SG, frac + np.array([0.25, 0, 0]), z, occ, u, hkl)
+    assert not np.allclose(np.abs(quarter), np.abs(f0), atol=1e-2 * np.abs(f0).max())
+
+
+def _code_files():
+    for pkg in ("builder", "training", "evaluation", "manifests"):
+        yield from sorted((ROOT / pkg).rglob("*.py"))
+
+
+def test_origin_shifts_and_solved_threshold_are_defined_once():
+    """No second table of the 8 shifts ({0,1}³ products) and no bare 0.8 compared with r outside builder/symmetry."""
+    shift_tables, literals, solved_defs = [], [], []
+    for path in _code_files():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(("itertools.product", "ndindex")):
+                if ast.unparse(node).replace(" ", "") in ("itertools.product((0,1),repeat=3)", "np.ndindex(2,2,2)"):
+                    shift_tables.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.Compare) and any(isinstance(c, ast.Constant) and c.value == 0.8
+                                                     for c in [node.left, *node.comparators]):
+                literals.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.Assign) and any(ast.unparse(t) == "SOLVED_R" for t in node.targets):
+                solved_defs.append(f"{path.name}:{node.lineno}")
+    assert all(t.startswith("symmetry.py:") for t in shift_tables), shift_tables
+    assert not literals, literals
+    assert solved_defs == [d for d in solved_defs if d.startswith("symmetry.py:")] and len(solved_defs) == 1
+    assert SOLVED_R == 0.8

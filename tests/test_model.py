@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from builder.reflections import phai_hkl, systematic_absences
-from training.loss import SHIFTS, origin_shift_signs, phai_loss, phase_targets, weighted_ce_per_shift
+from builder.symmetry import P21C_ORIGIN_SHIFTS
+from training.loss import origin_shift_signs, phai_loss, phase_targets, weighted_ce_per_shift
 from training.model import (
     PRESETS, ModelConfig, PhAINet, config_dict, from_grid, hkl_grid_index, logits_to_phase_deg, paper,
     preset, recycle, seeded_model, tiny, to_grid,
@@ -136,6 +137,30 @@ def test_recycle_feeds_back_argmax_phases():
         recycle(model, amp, 0)
 
 
+def test_recycle_takes_ddp_and_compiled_wrappers(tmp_path):
+    """The one recycling loop serves training (DDP, torch.compile) and inference: same logits as the bare model."""
+    import torch.distributed as dist
+    from training.model import unwrap
+
+    model = _tiny_model()
+    amp, start = _grids(torch.Generator().manual_seed(9))
+    want = [o.detach() for o in recycle(model, amp, 3, init_phases_grid=start)]
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        # torch.compile only wraps until called (tracing one would cost ~7 s here): the loop needs just `unwrap`
+        assert unwrap(ddp) is model and unwrap(torch.compile(ddp, backend="eager")) is model
+        got = recycle(ddp, amp, 3, init_phases_grid=start)
+        assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(got, want))
+        assert got[-1].requires_grad and not got[0].requires_grad
+        got[-1].sum().backward()  # gradients reach the parameters through DDP
+        assert model.net_output[3].weight.grad is not None
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(ValueError, match="not a PhAINet"):
+        recycle(torch.nn.Linear(2, 2), amp, 1)
+
+
 # ----------------------------------------------------------------------------- loss
 
 def _weight() -> torch.Tensor:
@@ -156,7 +181,7 @@ def _perfect_logits(phase_rad: torch.Tensor, margin: float = 5.0) -> torch.Tenso
 def test_signs_and_targets():
     signs = origin_shift_signs(HKL)
     assert signs.shape == (8, N) and signs[0].eq(1).all()
-    assert SHIFTS[4].tolist() == [1, 0, 0]
+    assert P21C_ORIGIN_SHIFTS[4].tolist() == [1, 0, 0]
     odd_h = torch.from_numpy(HKL[:, 0] % 2 == 1)
     assert torch.equal(signs[4] < 0, odd_h)
     assert phase_targets(torch.tensor([[0.0, math.pi, -math.pi, 2 * math.pi]])).tolist() == [[1, 0, 0, 1]]

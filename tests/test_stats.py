@@ -1,4 +1,5 @@
-"""builder/stats.py: hand-checkable values on three real CIFs, a synthetic lattice, the CLI and the committed priors."""
+"""builder/stats.py and stats_summary.py: hand-checkable values on three real CIFs, a synthetic lattice, the CLI,
+the committed stats files and their agreement with the committed test sets."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from builder import stats
+from builder.cli import cli
+from builder.stats_summary import summarise
+from manifests.priors import SCHEMA, load_priors
 
 DATA = Path(__file__).parent / "data" / "stats_cif"
-STATS_DIR = Path(__file__).resolve().parents[1] / "manifests" / "stats"
+ROOT = Path(__file__).resolve().parents[1]
+STATS_DIR = ROOT / "manifests" / "stats"
 
 
 def _vol(a: float, b: float, c: float, beta: float) -> float:
@@ -39,7 +44,11 @@ def test_cells_and_volumes(records):
     assert records["2013037.cif"].volume == pytest.approx(V_NA2LIALF6, rel=1e-9)
     assert all(r.spacegroup_number == 14 and r.error is None and r.selected for r in records.values())
     assert records["4507991.cif"].monoclinic_angle == pytest.approx(115.80)
-    assert records["2013037.cif"].monoclinic_angle == pytest.approx(90.005)
+    # P2₁/n 5.2863 5.3603 7.5025 β 90.005 in its reduced P 1 21/c 1 cell: c' = a + c, β' = 180° − angle(a, a + c)
+    a, c, cb = 5.2863, 7.5025, math.cos(math.radians(90.005))
+    c2 = math.sqrt(a * a + c * c + 2 * a * c * cb)
+    assert records["2013037.cif"].monoclinic_angle == pytest.approx(
+        180.0 - math.degrees(math.acos((a * a + a * c * cb) / (a * c2))), rel=1e-6)
 
 
 def test_agO_special_positions(records):
@@ -49,7 +58,7 @@ def test_agO_special_positions(records):
     assert r.n_inversion_occupied == 2 and r.n_special_sites == 2
     assert r.n_atoms_cell == 8.0 and r.n_h_cell == 0.0  # 2 × 2 Ag + 4 O
     assert r.x_h == 0.0 and r.v_atom == pytest.approx(V_AGO / 8)
-    assert r.compound_class == "inorganic" and not r.molecular
+    assert r.compound_class == "d-block" and not r.molecular  # builder.compound: Ag is a d-block element
 
 
 def test_oxalic_acid_composition(records):
@@ -60,13 +69,23 @@ def test_oxalic_acid_composition(records):
     assert r.x_h == pytest.approx(0.25)
     assert r.v_atom == pytest.approx(V_OXALIC / 12)
     assert r.molecular and r.compound_class == "organic"
-    assert r.uiso_mean == pytest.approx((0.0286 + 0.0298 + 0.0199 + 0.069) / 4)
-    assert r.uiso_mean_non_h == pytest.approx((0.0286 + 0.0298 + 0.0199) / 3)
+    # U_eq of the U_ij wins over U_iso_or_equiv; monoclinic U_eq = [U22 + (U11 + U33 + 2 U13 cos β) / sin² β] / 3
+    cb, s2 = math.cos(math.radians(115.80)), math.sin(math.radians(115.80)) ** 2
+    ueq = [(u22 + (u11 + u33 + 2 * u13 * cb) / s2) / 3 for u11, u22, u33, u13 in (
+        (0.0233, 0.0329, 0.0346, 0.0173), (0.0188, 0.0395, 0.0316, 0.0115), (0.0177, 0.0196, 0.0238, 0.0105))]
+    assert ueq == pytest.approx([0.0286, 0.0298, 0.0199], abs=2e-4)  # the file's rounded U_iso_or_equiv
+    assert r.uiso_mean == pytest.approx((sum(ueq) + 0.069) / 4, rel=1e-9)
+    assert r.uiso_mean_non_h == pytest.approx(sum(ueq) / 3, rel=1e-9)
 
 
 def test_p21n_setting(records):
     r = records["2013037.cif"]  # Al (0,0,0) and Li (0,0,½) on inversion centres of P2₁/n; Na, F1-3 general
     assert r.spacegroup == "P 1 21/n 1"
+    # described in the reduced P 1 21/c 1 cell: c' = the shorter glide diagonal a ± c of the P2₁/n cell
+    a, c, beta = 5.2863, 7.5025, math.radians(90.005)
+    assert r.cell[0] == pytest.approx(a) and r.cell[1] == pytest.approx(5.3603)
+    assert r.cell[2] == pytest.approx(math.sqrt(a * a + c * c - 2 * a * c * abs(math.cos(beta))), rel=1e-6)
+    assert r.cell[4] > 90.0 and r.volume == pytest.approx(V_NA2LIALF6, rel=1e-9)
     assert r.elements_general == {"Na": 1.0, "F": 3.0}
     assert r.elements_inversion == {"Al": 1.0, "Li": 1.0}
     assert r.n_inversion_occupied == 2
@@ -75,7 +94,7 @@ def test_p21n_setting(records):
 
 def test_summary_of_three(records):
     recs = list(records.values())
-    doc = stats.summarise(recs, {"source_dir": "stats_cif", "selection": "all"})
+    doc = summarise(recs, {"source_dir": "stats_cif", "selection": "all"})
     lnv = [math.log(v) for v in (V_AGO, V_OXALIC, V_NA2LIALF6)]
     fit = doc["cell"]["volume"]["lognormal_fit"]
     assert fit["mu"] == pytest.approx(np.mean(lnv), rel=1e-5)
@@ -84,11 +103,12 @@ def test_summary_of_three(records):
     # general: O 1 + O 2 + C 1 + Na 1 + F 3 = 8 sites; special (inversion): Ag 2 + Al 1 + Li 1
     assert doc["priors"]["elements_general"] == {"C": 0.125, "F": 0.375, "Na": 0.125, "O": 0.375}
     assert doc["priors"]["elements_special"] == {"Ag": 0.5, "Al": 0.25, "Li": 0.25}
+    assert doc["priors"]["special_tables"]["inversion-all"] == doc["priors"]["elements_special"]
     assert doc["special_positions"]["inversion_centres_occupied"]["counts"] == {"0": 1, "1": 0, ">1": 2}
     assert doc["counts"]["without_h"] == 2 and doc["composition"]["x_h"]["summary"]["n"] == 1
     assert doc["derivation"]["selection"] == "all" and doc["derivation"]["n_files"] == 3
     json.dumps(doc, allow_nan=False)  # plain JSON, no NaN
-    assert stats.summarise(recs, {"source_dir": "stats_cif", "selection": "all"}) == doc
+    assert summarise(recs, {"source_dir": "stats_cif", "selection": "all"}) == doc
 
 
 def test_selections(records):
@@ -134,52 +154,91 @@ def test_distance_histogram_simple_cubic(tmp_path):
     assert len(shells) == 3 and sum(shells.values()) == 26
     for d, n in expect.items():
         assert h[int(d // stats.DIST_BIN)] == n
-    doc = stats.summarise(recs, {"source_dir": "x", "selection": "all"})
+    doc = summarise(recs, {"source_dir": "x", "selection": "all"})
     assert doc["counts"]["unusable"] == 1 and doc["counts"]["selected"] == 1
 
 
 def test_cli_writes_and_rejects(tmp_path):
     out = tmp_path / "s" / "three.json"
-    res = CliRunner().invoke(stats.stats_command, ["--cifs", str(DATA), "--select", "p21c-small", "--out", str(out)])
+    res = CliRunner().invoke(cli, ["stats", "--cifs", str(DATA), "--select", "p21c-small", "--out", str(out)])
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     assert doc["derivation"]["source_dir"] == "stats_cif" and doc["counts"]["selected"] == 3
     assert doc["derivation"]["rule"] == stats.SELECTIONS["p21c-small"][0]
     assert list(tmp_path.joinpath("s").iterdir()) == [out]  # no temporary file left behind
-    assert stats.load_priors(out)["elements_special"] == {"Ag": 0.5, "Al": 0.25, "Li": 0.25}
+    assert load_priors(out)["elements_special"] == {"Ag": 0.5, "Al": 0.25, "Li": 0.25}
 
-    res = CliRunner().invoke(stats.stats_command, ["--cifs", str(tmp_path / "missing"), "--out", str(out)])
+    res = CliRunner().invoke(cli, ["stats", "--cifs", str(tmp_path / "missing"), "--out", str(out)])
     assert res.exit_code == 2
     (tmp_path / "empty").mkdir()
-    res = CliRunner().invoke(stats.stats_command, ["--cifs", str(tmp_path / "empty"), "--out", str(out)])
+    res = CliRunner().invoke(cli, ["stats", "--cifs", str(tmp_path / "empty"), "--out", str(out)])
     assert res.exit_code == 2 and "error:" in res.output
-
-
-def test_load_priors_rejects_bad(tmp_path):
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"priors": {"elements_general": {"C": 0.5}, "elements_special": {}}}))
-    with pytest.raises(ValueError, match="sums to"):
-        stats.load_priors(bad)
-    bad.write_text("{}")
-    with pytest.raises(ValueError, match="priors"):
-        stats.load_priors(bad)
 
 
 @pytest.mark.parametrize("name", ["cod-molecular", "cod-all", "cod-p21c-small", "cod-p21c-large"])
 def test_committed_stats_files(name):
     path = STATS_DIR / f"{name}.json"
-    pri = stats.load_priors(path)
-    for key in ("elements_general", "elements_special"):
-        assert sum(pri[key].values()) == pytest.approx(1.0, abs=1e-9)
-        assert "H" not in pri[key]
+    pri = load_priors(path)
+    for t in [pri["elements_general"], pri["elements_special"], *pri["special_tables"].values()]:
+        assert not t or sum(t.values()) == pytest.approx(1.0, abs=1e-9)
+        assert "H" not in t
     doc = json.loads(path.read_text())
     assert doc["derivation"]["source_dir"] == "cod" and doc["derivation"]["n_files"] == 1281
-    assert doc["schema"] == stats.SCHEMA
+    assert doc["schema"] == SCHEMA
+    # the default special table pools the inversion centres of every usable structure: equal in all four files
+    assert pri["special_default"] == "inversion-all"
+    assert pri["elements_special"] == pri["special_tables"]["inversion-all"]
+    cno = sum(pri["elements_special"].get(e, 0.0) for e in "CNO")
+    assert cno == pytest.approx(doc["elements"]["inversion_centre_all"]["cno_share"], abs=1e-5)
+    assert pri["elements_special"] == load_priors(STATS_DIR / "cod-all.json")["elements_special"]
 
 
 def test_committed_molecular_priors_are_cno_dominated():
-    pri = stats.load_priors(STATS_DIR / "cod-molecular.json")
+    pri = load_priors(STATS_DIR / "cod-molecular.json")
     g = pri["elements_general"]
     assert g["C"] + g["N"] + g["O"] > 0.8
     assert 0.0 < pri["x_h_range"][0] < pri["x_h_range"][1] < 1.0
     assert 0.0 < pri["v_atom_range"][0] < pri["v_atom_range"][1]
+
+
+def test_special_tables_pool_every_usable_structure(records):
+    """`inversion-all` counts the inversion centres of unselected structures too; `inversion-selected` does not."""
+    recs = stats.collect(stats.cif_files(DATA), "molecular", progress=False)  # selects oxalic acid only
+    doc = summarise(recs, {"source_dir": "stats_cif", "selection": "molecular"})
+    tables = doc["priors"]["special_tables"]
+    assert tables["inversion-all"] == {"Ag": 0.5, "Al": 0.25, "Li": 0.25} == doc["priors"]["elements_special"]
+    assert tables["inversion-selected"] == {} and tables["special-selected"] == {}
+    assert doc["counts"]["selected"] == 1 and doc["elements"]["inversion_centre_all"]["n_structures"] == 2
+
+
+def _p21n_cif(a: float, b: float, c: float, beta: float) -> str:
+    return (f"data_x\n_cell_length_a {a}\n_cell_length_b {b}\n_cell_length_c {c}\n_cell_angle_alpha 90\n"
+            f"_cell_angle_beta {beta}\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M 'P 1 21/n 1'\n"
+            "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+            "_atom_site_fract_z\nC1 C 0.1 0.2 0.3\nH1 H 0.2 0.3 0.1\n")
+
+
+def test_p21c_selections_agree_with_the_test_sets(tmp_path):
+    """One meaning of p21c-small: the reduced P 1 21/c 1 cell, in the statistics and in the test sets. The first
+    file is ≤ 10 Å in its own P2₁/n setting but its P2₁/c cell needs the 11.03 Å glide diagonal (COD 2103766)."""
+    from evaluation.testset import build_testset
+
+    (tmp_path / "2000001.cif").write_text(_p21n_cif(9.4098, 7.9101, 6.7759, 95.77))
+    (tmp_path / "2000002.cif").write_text(_p21n_cif(5.40, 5.60, 7.76, 90.28))
+    (tmp_path / "2000003.cif").write_text(_p21n_cif(12.0, 7.0, 6.0, 93.0))
+    for sel, stats_sel in (("p21c-small", "p21c-small"), ("p21c-large", "p21c-large-only")):
+        ts = [e["id"] for e in build_testset(tmp_path, sel)["entries"]]
+        st = [r.name[:-4] for r in stats.collect(stats.cif_files(tmp_path), stats_sel, progress=False) if r.selected]
+        assert st == ts, sel
+    assert ts == ["2000001", "2000003"]
+
+
+def test_committed_stats_and_test_sets_select_the_same_structures():
+    def ids(name):
+        return {e["id"] for e in json.loads((ROOT / "manifests" / "testsets" / f"{name}.json").read_text())["entries"]}
+
+    def names(name):
+        return {n.removesuffix(".cif") for n in json.loads((STATS_DIR / f"{name}.json").read_text())["values"]["names"]}
+
+    assert names("cod-p21c-small") == ids("cod-p21c-small")
+    assert names("cod-p21c-large") == ids("cod-p21c-small") | ids("cod-p21c-large")  # p21c-large-range

@@ -18,7 +18,10 @@ import torch
 from tests.test_data import build_set
 from training.cli import main
 from training.data import DataConfig, consumed_shards, open_sources
-from training.train import RESUMABLE, LRSchedule, TrainConfig, fit, load_checkpoint, n_cycles_at
+from training.checkpoint import training_checkpoint as load_checkpoint
+from training.config import DATA_FIELDS, RESUMABLE, TrainConfig
+from training.schedule import LRSchedule, n_cycles_at
+from training.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +46,7 @@ def config(data, **kw) -> TrainConfig:
     base = dict(preset="tiny", train=(str(data["train"]),), val=str(data["val"]), steps=8, batch_size=8,
                 val_every=4, val_samples=16, ckpt_every=4, log_every=1, workers=0, streams=2, prior_samples=64,
                 device="cpu")
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.from_flat(**{**base, **kw})
 
 
 def train_losses(out: Path) -> dict[int, float]:
@@ -208,6 +211,11 @@ def test_cli_trains_and_refuses_bad_input(data, tmp_path, capsys):
         "other preset on resume": ["fit", "--out", str(out), "--preset", "small", "--steps", "4", "--resume"],
         "resume without checkpoint": ["fit", "--out", str(fresh), "--resume"],
         "bad option value": ["fit", "--out", str(fresh), "--steps", "many"],
+        "infinite lr": ["fit", *common[:4], "--out", str(fresh), "--preset", "tiny", "--lr", "inf"],
+        "unknown device": ["fit", *common[:4], "--out", str(fresh), "--preset", "tiny", "--device", "tpu"],
+        "unknown init": ["fit", *common[:4], "--out", str(fresh), "--preset", "tiny", "--init", "ones"],
+        "out below a file": ["fit", *common[:4], "--out", str(out / "config.json" / "run"), "--preset", "tiny",
+                             "--batch-size", "8", "--val-samples", "8", "--workers", "0", "--device", "cpu"],
         "one weight per manifest": ["fit", "--train", str(data["train"]), "--weight", "1", "--weight", "2",
                                   "--val", str(data["val"]), "--out", str(fresh), "--preset", "tiny"],
     }
@@ -223,5 +231,5 @@ def test_cli_trains_and_refuses_bad_input(data, tmp_path, capsys):
 
 
 def test_resumable_settings_are_train_config_fields():
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} | set(DATA_FIELDS)
     assert set(RESUMABLE) <= names

@@ -4,12 +4,13 @@
     torchrun --nproc_per_node 8 -m training fit ...           # the same options, one process per GPU
 
 Bad input (unknown preset, missing or corrupt manifests, different reflection sets, an incompatible --resume,
-an existing run without --resume) prints one `error: ...` line on stderr and exits with status 2 before
-anything is written.
+an existing run without --resume, a run directory another `fit` holds) prints one `error: ...` line on stderr and
+exits with status 2 before anything is written. So do a non-finite loss (the last good checkpoint is kept) and a
+failed write (no space left, read-only: the path and the reason; no partial file is left).
 """
 from __future__ import annotations
 
-import dataclasses
+import errno
 import json
 import os
 import signal
@@ -20,9 +21,12 @@ import click
 
 from manifests.errors import fail
 from manifests.schema import ManifestError, write_json_atomic
+from training.checkpoint import training_checkpoint
+from training.config import TrainConfig, flat_dict
 from training.data import VERIFY_LEVELS
 from training.model import PRESETS
-from training.train import TrainConfig, fit, load_checkpoint
+from training.schedule import INITS
+from training.train import fit
 
 __all__ = ["main", "cli"]
 
@@ -69,27 +73,27 @@ def cli() -> None:
 @click.option("--verify", type=click.Choice(VERIFY_LEVELS), default=None, help="Shard check [default: sha256].")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N [default: auto].")
+@click.option("--init", "init", type=click.Choice(INITS), default=None,
+              help="First-pass phases: random signs (paper §2), zero (PhAI's code) or mixed [default: random].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt (omitted options: as saved).")
 @click.option("--progress/--no-progress", default=None, help="tqdm progress bar [default: on a terminal].")
 def fit_command(train, weights, val, preset, out, steps, batch_size, lr, schedule, seed, d_min, drop, val_every,
-                val_samples, ckpt_every, log_every, workers, streams, verify, compile_, device, resume,
+                val_samples, ckpt_every, log_every, workers, streams, verify, compile_, device, init, resume,
                 progress) -> None:
     """Train PhAI: stream the manifests, recycle, checkpoint; summary on stdout, metrics in OUT/metrics.jsonl."""
     given = {"train": tuple(train) or None, "weights": tuple(weights) or None, "val": val, "preset": preset,
              "steps": steps, "batch_size": batch_size, "lr": lr, "schedule": schedule, "seed": seed,
              "d_min": _d_min(d_min), "drop": drop, "val_every": val_every, "val_samples": val_samples,
              "ckpt_every": ckpt_every, "log_every": log_every, "workers": workers, "streams": streams,
-             "verify": verify, "compile": compile_, "device": device}
+             "verify": verify, "compile": compile_, "device": device, "init": init}
     given = {k: v for k, v in given.items() if v is not None}
     if resume:
-        saved = load_checkpoint(out / "last.pt")["config"]["train"]
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        base = {k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in fields}
-        cfg = TrainConfig(**{**base, **given})
+        saved = flat_dict(TrainConfig.from_dict(training_checkpoint(out / "last.pt")["config"]["train"]))
+        cfg = TrainConfig.from_flat(**{**saved, **given})
     else:
         if "train" not in given:
             raise ValueError("give at least one --train manifest")
-        cfg = TrainConfig(**given)
+        cfg = TrainConfig.from_flat(**given)
     summary = fit(cfg, out, resume=resume, progress=progress)
     if int(os.environ.get("RANK", "0")) == 0:
         write_json_atomic(out / "summary.json", summary)
@@ -107,8 +111,11 @@ def _print_summary(s: dict) -> None:
     if s["final_train_loss"] is not None:
         click.echo(f"  train loss (last 50 steps): {s['final_train_loss']:.4f}")
     if v:
-        click.echo(f"  validation at step {s['steps']}: loss {v['loss']:.4f}, mean r {v['mean_r']:.4f}, "
-                   f"f(r>=0.8) {v['f_solved']:.3f} over {v['n']} structures; r by cycle {v['mean_r_by_cycle']}")
+        click.echo(f"  validation at step {s['steps']} over {v['n']} structures, {s['init']} init "
+                   f"(zero start / random start): loss {v['loss_zero']:.4f} / {v['loss_random']:.4f}, "
+                   f"mean r {v['mean_r_zero']:.4f} / {v['mean_r_random']:.4f}, "
+                   f"f(r>=0.8) {v['f_solved_zero']:.3f} / {v['f_solved_random']:.3f}; "
+                   f"r by cycle {v['mean_r_by_cycle_zero']} / {v['mean_r_by_cycle_random']}")
     if rs:
         click.echo(f"  random-sign baseline: mean r {rs['mean_r']:.4f}, f(r>=0.8) {rs['f_solved']:.3f}")
     click.echo(f"  best validation loss {b['loss']:.4f} at step {b['step']}")
@@ -131,4 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         fail(exc.format_message())
     except (ValueError, ManifestError) as exc:
         fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only or unwritable --out, an --out below a file
+        where = f"{exc.filename}: " if exc.filename else ""
+        code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+        fail(f"{where}{exc.strerror or exc}{code}; check --out (free space, permissions, the path) and rerun "
+             "(with --resume a run continues from its last checkpoint)")
     sys.exit(rv if isinstance(rv, int) else 0)

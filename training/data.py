@@ -52,13 +52,13 @@ from training.shards import (SPACE_GROUP, VERIFY_LEVELS, ShardError, Source, che
 __all__ = [
     "DataConfig", "Source", "ShardError", "VERIFY_LEVELS", "SPACE_GROUP", "open_source", "open_sources",
     "read_shard", "stream_shard", "node_streams", "worker_streams", "observed_mask", "to_sample", "collate",
-    "ShardStreams", "Loader", "compute_prior", "validation_batches", "prepare_batch", "Batch", "phase_r",
-    "consumed_shards", "random_sign_phases", "check_compatible", "reflections_from_structure",
+    "ShardStreams", "Loader", "compute_prior", "validation_batches", "prepare_batch", "Batch",
+    "consumed_shards", "check_compatible", "reflections_from_structure",
 ]
 
 SF_MODES = ("auto", "loader", "device")
 # Seed domains: one stream of random numbers per purpose (DESIGN.md "Determinism and seeds").
-_ORDER, _WINDOW, _MIX, _AUG, _SIGNS = 1, 2, 3, 4, 5
+_ORDER, _WINDOW, _MIX, _AUG = 1, 2, 3, 4  # (5 was the random-sign baseline's; the trainer's: training/schedule.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -454,25 +454,3 @@ def prepare_batch(batch: dict, prior: torch.Tensor, device: torch.device | str =
     not_absent = torch.from_numpy(~absent).to(device)
     weight = (prior.to(device) * not_absent).expand_as(amp)              # (N,) -> (B, N)
     return Batch(amplitude=amp, grid=to_grid(amp, hkl, max_index), phase=phase, observed=observed, weight=weight)
-
-
-def phase_r(pred_rad: torch.Tensor, true_rad: torch.Tensor, amplitude: torch.Tensor, observed: torch.Tensor,
-            signs: torch.Tensor) -> torch.Tensor:
-    """r = max over the 8 origin shifts of sum |F|^2 cos(dphi + 2 pi h.t) / sum |F|^2 over observed reflections.
-
-    Args:
-        pred_rad, true_rad, amplitude: (B, N); observed: (B, N) bool (absences already excluded);
-        signs: (8, N) (-1)^(h.s) from `training.loss.origin_shift_signs`.
-
-    Returns:
-        (B,) float32; 0 for a sample with nothing observed.
-    """
-    w = (amplitude.float() ** 2) * observed                                # (B, N)
-    c = torch.cos(pred_rad.float() - true_rad.float()) * w                 # (B, N)
-    num = c @ signs.to(c.device).T                                         # (B, 8)
-    return (num.amax(dim=1) / w.sum(dim=1).clamp_min(torch.finfo(torch.float32).tiny))
-
-
-def random_sign_phases(shape: tuple[int, int], seed: int) -> torch.Tensor:
-    """Random 0 / pi phases (the random-sign baseline), seeded."""
-    return torch.from_numpy(seeded_rng(seed, _SIGNS).integers(0, 2, size=shape) * np.pi).float()

@@ -7,16 +7,13 @@ batch mean.
 """
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SHIFTS", "origin_shift_signs", "phase_targets", "weighted_ce_per_shift", "phai_loss"]
+from builder.symmetry import P21C_ORIGIN_SHIFTS, origin_shift_parity
 
-# s in {0,1}^3, origin shift t = s / 2; row 0 is the identity.
-SHIFTS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=np.int64)  # (8, 3)
+__all__ = ["origin_shift_signs", "phase_targets", "weighted_ce_per_shift", "phai_loss"]
 
 
 def _hkl_tensor(hkl: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -27,7 +24,7 @@ def _hkl_tensor(hkl: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def origin_shift_signs(hkl: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Signs (-1)^(h.s) of the 8 P2_1/c origin shifts t = s/2, s in {0,1}^3 (row order = `SHIFTS`).
+    """Signs (-1)^(h.s) of the 8 P2_1/c origin shifts t = s/2 (rows: `builder.symmetry.P21C_ORIGIN_SHIFTS`).
 
     Args:
         hkl: (N, 3) integer Miller indices.
@@ -36,9 +33,8 @@ def origin_shift_signs(hkl: np.ndarray | torch.Tensor) -> torch.Tensor:
         (8, N) float32 tensor of +1 / -1 (on hkl's device if it is a tensor); -1 marks a class flip.
     """
     h = _hkl_tensor(hkl)
-    s = torch.as_tensor(SHIFTS, device=h.device)   # (8, 3)
-    parity = (s.unsqueeze(1) * h.unsqueeze(0)).sum(dim=2) % 2  # (8, N) h.s mod 2 (no int matmul on CUDA)
-    return (1 - 2 * parity).to(torch.float32)
+    parity = origin_shift_parity(h.cpu().numpy(), P21C_ORIGIN_SHIFTS)  # (8, N)
+    return torch.from_numpy(1.0 - 2.0 * parity).to(device=h.device, dtype=torch.float32)
 
 
 def phase_targets(phase_rad: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from builder.reflections import phai_hkl
 __all__ = [
     "ModelConfig", "paper", "small", "tiny", "PRESETS", "preset", "config_dict",
     "PhAINet", "seeded_model", "hkl_grid_index", "to_grid", "from_grid", "logits_to_phase_deg", "recycle",
+    "unwrap",
 ]
 
 
@@ -288,16 +289,29 @@ def logits_to_phase_deg(logits: torch.Tensor) -> torch.Tensor:
     return (cls.to(dtype) - 1.0) * 180.0
 
 
-def recycle(model: PhAINet, amplitudes_grid: torch.Tensor, n_cycles: int,
+def unwrap(model: nn.Module) -> "PhAINet":
+    """The PhAINet inside DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while not isinstance(model, PhAINet):
+        inner = getattr(model, "module", None)
+        inner = getattr(model, "_orig_mod", None) if inner is None else inner
+        if not isinstance(inner, nn.Module):
+            raise ValueError(f"{type(model).__name__} is not a PhAINet or a DDP / torch.compile wrapper of one")
+        model = inner
+    return model
+
+
+def recycle(model: nn.Module, amplitudes_grid: torch.Tensor, n_cycles: int,
             init_phases_grid: torch.Tensor | None = None) -> list[torch.Tensor]:
     """PhAI (Larsen et al. 2024) phase recycling: run the model ``n_cycles`` times, feeding back its phases.
 
     Cycle 1 sees ``init_phases_grid`` (zeros if None). Each later cycle sees the previous cycle's argmax
     phases (0 / -180) on the grid for all N reflections. The argmax blocks gradients, so all cycles but the
-    last run under ``torch.no_grad()`` (returned detached); the last one runs in the caller's grad mode.
+    last run under ``torch.no_grad()`` (returned detached); the last one runs in the caller's grad mode (and
+    autocast, if the caller entered one). The one loop used by training, validation and the evaluation scan.
 
     Args:
-        model: a PhAINet.
+        model: a PhAINet, or a DistributedDataParallel / torch.compile wrapper of one (called as given, so
+            DDP's gradient hooks and the compiled graph are used).
         amplitudes_grid: (B, 2m+1, m+1, m+1) normalised amplitudes.
         n_cycles: number of passes, >= 1.
         init_phases_grid: optional (B, 2m+1, m+1, m+1) start phases in degrees.
@@ -306,18 +320,19 @@ def recycle(model: PhAINet, amplitudes_grid: torch.Tensor, n_cycles: int,
         A list of ``n_cycles`` logits tensors, each (B, 2, N).
 
     Raises:
-        ValueError: n_cycles < 1.
+        ValueError: n_cycles < 1, or a model that is not (a wrapper of) a PhAINet.
     """
     if int(n_cycles) < 1:
         raise ValueError(f"n_cycles must be >= 1, got {n_cycles}")
+    net = unwrap(model)
     phases = torch.zeros_like(amplitudes_grid) if init_phases_grid is None else init_phases_grid
     out: list[torch.Tensor] = []
     for cycle in range(int(n_cycles)):
         if cycle < n_cycles - 1:
             with torch.no_grad():
                 logits = model(amplitudes_grid, phases)                  # (B, 2, N)
-            phase_deg = logits_to_phase_deg(logits).to(amplitudes_grid.dtype)  # (B, N)
-            phases = _scatter(phase_deg, model.grid_index, model.cfg.max_index)  # (B, H, K, L)
+            phase_deg = logits_to_phase_deg(logits.float()).to(amplitudes_grid.dtype)  # (B, N)
+            phases = _scatter(phase_deg, net.grid_index, net.cfg.max_index)  # (B, H, K, L)
         else:
             logits = model(amplitudes_grid, phases)
         out.append(logits)
