@@ -46,7 +46,17 @@ reports/tiny/report.json: $(RUN_DIR)/best.pt
 reports/cf/report.json: | $(STAMP)
 	$(BIN)/phaseforge-eval run --testset cod-p21c-small --method charge-flipping --workers $(WORKERS) --out reports/cf
 
-run: setup reports/tiny/report.json reports/cf/report.json
+# One crystallographer's job on measured data: COD 2242302's own reflections (embedded .hkl + .res), from the
+# shipped measured test set, phased by charge flipping -> .fcf, .ccp4, .res with Q peaks, map PNG, solve.json.
+MEASURED = data/measured/2242302.cif
+
+$(MEASURED):
+	mkdir -p data/measured && tar -xJf manifests/testsets/cod-p21c-measured.tar.xz -C data/measured 2242302.cif
+
+reports/solve-2242302/solve.json: $(MEASURED) | $(STAMP)
+	$(BIN)/phaseforge-eval solve $(MEASURED) --method charge-flipping --out reports/solve-2242302
+
+run: setup reports/tiny/report.json reports/cf/report.json reports/solve-2242302/solve.json
 	$(BIN)/phaseforge-eval compare reports/tiny reports/cf --out reports/tiny-vs-cf
 
 test: setup

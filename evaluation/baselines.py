@@ -406,6 +406,26 @@ def _p1_data(cell: np.ndarray, h: np.ndarray, amp: np.ndarray, mask: np.ndarray,
                    half_sign=np.where(canon, 1.0, -1.0), h_p1=h_p1, hkl_half=hkl_half)
 
 
+def _start_on_grid(p1: _P1Data, h: np.ndarray, phases: np.ndarray, ops: SymOps) -> np.ndarray:
+    """(A, M) start phases at the observed half-grid points from (A, H) phases on the list, expanded to P1 by
+    F(hR) = F(h) exp(−2πi h·τ) and Friedel (averaged where several listed reflections land on one point)."""
+    if phases.ndim != 2 or phases.shape[1] != len(h) or not np.all(np.isfinite(phases)):
+        raise ValueError(f"start_phases must be finite with shape (A, {len(h)})")
+    eq = _expand(h, ops)  # (2G, H, 3): +h R_g, then −h R_g
+    shift = _TWO_PI * (h.astype(np.float64) @ ops.tran.T).T  # (G, H) 2π h·τ_g
+    ph = phases[:, None, :] - shift[None]  # (A, G, H) phase of F(h R_g)
+    ph = np.concatenate([ph, -ph], axis=1)  # F(−h R_g) = conj F(h R_g)
+    flat, conj = p1.grid.locate(eq.reshape(-1, 3))
+    ph = np.where(conj, -1.0, 1.0) * ph.reshape(len(phases), -1)  # a stored Friedel mate holds the conjugate
+    n_half = int(np.prod(p1.grid.half_shape))
+    out = np.empty((len(phases), len(p1.obs)))
+    for a in range(len(phases)):
+        z = np.bincount(flat, weights=np.cos(ph[a]), minlength=n_half) + 1j * np.bincount(
+            flat, weights=np.sin(ph[a]), minlength=n_half)
+        out[a] = np.angle(z[p1.obs])
+    return out
+
+
 def _running_mean_last(x: np.ndarray, end: int, w: int) -> np.ndarray:
     """Mean of x[:, max(0, end − w):end] (rows)."""
     return np.nanmean(x[:, max(0, end - w):end], axis=1)
@@ -413,7 +433,7 @@ def _running_mean_last(x: np.ndarray, end: int, w: int) -> np.ndarray:
 
 def _flip_cycles(p1: _P1Data, rng: np.random.Generator, n_attempts: int, max_cycles: int, delta_sigma: float,
                  delta_cycles: int, f000: str, min_cycles: int, settle_cycles: int, conv_drop: float,
-                 smooth: int, stop_after: int) -> dict:
+                 smooth: int, stop_after: int, phi0: np.ndarray | None = None) -> dict:
     """The CF iteration (Oszlányi & Sütő 2004; π/2 rule of 2005) for all attempts at once (batched FFTs)."""
     grid = p1.grid
     n = grid.n
@@ -424,7 +444,7 @@ def _flip_cycles(p1: _P1Data, rng: np.random.Generator, n_attempts: int, max_cyc
     a_n = n_attempts
     # Random starting phases (F000 = 0). In the l = 0 plane a reflection and its mate are both stored; irfftn
     # keeps only the Hermitian part, so inconsistent starts there are simply averaged.
-    phi = rng.uniform(0.0, _TWO_PI, size=(a_n, len(obs)))
+    phi = rng.uniform(0.0, _TWO_PI, size=(a_n, len(obs))) if phi0 is None else phi0
     fgrid = np.zeros((a_n, n_half), dtype=np.complex128)
     fgrid[:, obs] = e_obs * np.exp(1j * phi)
     weak_mult = 1j * p1.half_sign[weak]  # |G| exp(i(φ_G ± π/2)) = ±i G
@@ -494,7 +514,8 @@ def charge_flip(cell6: np.ndarray, hkl: np.ndarray, amp_obs: np.ndarray, observe
                 max_cycles: int = 300, delta_sigma: float | None = None, delta_cycles: int = 10,
                 weak_fraction: float = 0.2, f000: str = "flipped", normalise: bool = True,
                 min_cycles: int = 30, settle_cycles: int = 20, conv_drop: float = 0.05, smooth: int = 10,
-                stop_after: int = 3, lde_cycles: int = 10, grid_step: float = 2.0, per_bin: int = 200) -> CFResult:
+                stop_after: int = 3, lde_cycles: int = 10, grid_step: float = 2.0, per_bin: int = 200,
+                start_phases: np.ndarray | None = None) -> CFResult:
     """Solve centrosymmetric phases by charge flipping in P1, then symmetrise and polish.
 
     Steps (Oszlányi & Sütő 2004, 2005; phasing-baselines.md §1.1, §1.5):
@@ -545,6 +566,8 @@ def charge_flip(cell6: np.ndarray, hkl: np.ndarray, amp_obs: np.ndarray, observe
         lde_cycles: polishing cycles (0 disables polishing: phase_polished = phase_sym).
         grid_step: grid spacing ≤ d_min / grid_step (cctbx and GSAS-II use 2).
         per_bin: reflections per resolution shell for the normalisation.
+        start_phases: (A, H) phases (radians) on `hkl` to start the A attempts from instead of random phases
+            (e.g. a network's phases, in the spirit of AI-PhaSeed); n_attempts is then A.
 
     Returns:
         CFResult.
@@ -572,8 +595,10 @@ def charge_flip(cell6: np.ndarray, hkl: np.ndarray, amp_obs: np.ndarray, observe
     p1 = _p1_data(cell, h, amp, mask, ops, normalise, per_bin, grid_step, weak_fraction)
     grid, obs = p1.grid, p1.obs
     shape3 = grid.half_shape
+    phi0 = None if start_phases is None else _start_on_grid(p1, h, np.asarray(start_phases, dtype=np.float64), ops)
+    n_attempts = n_attempts if phi0 is None else len(phi0)
     run = _flip_cycles(p1, rng, int(n_attempts), int(max_cycles), delta_sigma, int(delta_cycles), f000,
-                       int(min_cycles), int(settle_cycles), conv_drop, int(smooth), int(stop_after))
+                       int(min_cycles), int(settle_cycles), conv_drop, int(smooth), int(stop_after), phi0)
 
     # ---- 5. figure of merit: the lowest final R_CF (no true phases used)
     best = int(np.argmin(run["r_final"]))

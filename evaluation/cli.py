@@ -58,7 +58,7 @@ def _progress(total: int, desc: str) -> Any:
               help="With --cifs: apply a test-set cell rule (others are listed as skipped).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Trainer checkpoint or bare PhAI state_dict (implies --method model).")
-@click.option("--method", type=click.Choice(["model", "charge-flipping", "random", "true"]), default=None)
+@click.option("--method", type=click.Choice(["model", "charge-flipping", "random", "true", "model+cf"]), default=None)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Report folder.")
 @click.option("--d-min", type=float, default=1.0, show_default=True, help="Resolution limit (Å).")
 @click.option("--cycles", default="1..10", show_default=True, help="Cycle counts to scan: A..B, 1,3,5 or N.")
@@ -84,13 +84,13 @@ def run(testset, cifs, select, checkpoint, method, out, d_min, cycles, random_st
         raise ValueError("give exactly one of --testset and --cifs")
     if select is not None and cifs is None:
         raise ValueError("--select applies to --cifs only (a test set is already selected)")
-    if checkpoint is not None and method not in (None, "model"):
+    if checkpoint is not None and method not in (None, "model", "model+cf"):
         raise ValueError(f"--checkpoint runs the model; drop it or --method {method}")
     method = method or ("model" if checkpoint is not None else None)
     if method is None:
         raise ValueError("give --checkpoint or --method charge-flipping|random|true")
-    if method == "model" and checkpoint is None:
-        raise ValueError("--method model needs --checkpoint")
+    if method in ("model", "model+cf") and checkpoint is None:
+        raise ValueError(f"--method {method} needs --checkpoint")
     if not d_min > 0:
         raise ValueError(f"--d-min must be > 0, got {d_min}")
     if limit is not None and limit < 1:
@@ -100,7 +100,7 @@ def run(testset, cifs, select, checkpoint, method, out, d_min, cycles, random_st
     _check_out_dir(out)
     settings: dict[str, Any] = {"d_min": d_min, "seed": seed, "limit": limit, "space_group": "P 1 21/c 1"}
     model = scan_cfg = ck_info = None
-    if method == "model":
+    if method in ("model", "model+cf"):
         from evaluation.recycle import ScanConfig, parse_cycles
         from training.checkpoint import load_model
 
@@ -136,8 +136,11 @@ def run(testset, cifs, select, checkpoint, method, out, d_min, cycles, random_st
     if method == "model":
         f = rep["fom"]
         click.echo(f"FOM pick ({f['name']}): f(r>=0.8) = {f['f_solved']}, median r = {f['median_r']}")
-    elif method == "charge-flipping":
+    elif method in ("charge-flipping", "model+cf"):
         click.echo(f"raw (unsymmetrised): f(r>=0.8) = {rep['raw']['f_solved']}, median r = {rep['raw']['median_r']}")
+    if "calculated" in rep:
+        c = rep["calculated"]
+        click.echo(f"same method on calculated |F|: f(r>=0.8) = {c['f_solved']}, median r = {c['median_r']}")
     click.echo(rpt.last_line(rep))
 
 
@@ -215,6 +218,48 @@ def fetch(testset, out, base_url, timeout) -> None:
                f"{len(rep.mismatched)} mismatched, {len(rep.failed)} failed -> {out}")
     if not rep.ok:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the results.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Network for model methods.")
+@click.option("--method", type=click.Choice(["charge-flipping", "model", "model+cf", "all"]), default=None,
+              help="Default: charge-flipping without --checkpoint, all with one.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "shelx", "cif", "free"]), default="auto",
+              show_default=True, help="auto: .cif/.fcf CIF, .hkl SHELX, else free format (h k l F sigma).")
+@click.option("--hklf", type=click.Choice(["3", "4"]), default=None,
+              help="4: F^2 sigma(F^2) (SHELX default), 3: F sigma(F) (free-format default).")
+@click.option("--cell", type=float, nargs=6, default=None, help="a b c alpha beta gamma (A, deg).")
+@click.option("--spacegroup", default=None, help="Space-group symbol, e.g. P21/c (checked against the file).")
+@click.option("--block", default=None, help="CIF data block to read when there are several.")
+@click.option("--d-min", type=float, default=1.0, show_default=True, help="Network resolution limit (A).")
+@click.option("--peaks", type=int, default=None, help="Q peaks to list (default from the composition).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--overwrite", is_flag=True, help="Replace the results of another job in --out.")
+@bad_input_exits
+def solve(input_path, out, checkpoint, method, fmt, hklf, cell, spacegroup, block, d_min, peaks, seed, device,
+          overwrite) -> None:
+    """Phase measured reflections (.hkl + .ins/.res, CIF/.fcf, free format): .fcf, .ccp4, .res, peaks, solve.json."""
+    from evaluation.solve_job import solve_job
+
+    summary, state = solve_job(input_path, out, method=method, checkpoint=checkpoint, fmt=fmt,
+                               hklf=None if hklf is None else int(hklf), cell=cell, spacegroup=spacegroup,
+                               block=block, d_min=d_min, seed=seed, device=_resolve_device(device),
+                               n_peaks=peaks, overwrite=overwrite)
+    if state == "same":
+        click.echo(f"{out}/solve.json already holds this job (same inputs and settings): nothing to do")
+    for w in summary["warnings"]:
+        click.echo(f"warning: {w}")
+    for name, m in summary["methods"].items():
+        score = m.get("against_model") or {}
+        click.echo(f"{name}: {m['fom']['name']} = {m['fom']['value']}, skewness = {m['skewness']}, "
+                   f"{m['seconds']} s" + (f", r vs deposited model = {score['r']}" if score else ""))
+    red = summary["reduction"]
+    click.echo(f"{red['symmetry']['space_group']}: {red['merging']['n_in']} reflections -> "
+               f"{red['merging']['n_unique']} unique, R_int = {red['merging']['r_int']}, "
+               f"d_min = {red['resolution']['d_min']} A; picked {summary['picked']} -> {out}")
 
 
 def main() -> None:

@@ -37,6 +37,8 @@ COLUMNS = {
     "random": _COMMON,
     "true": _COMMON,
 }
+COLUMNS["model+cf"] = COLUMNS["charge-flipping"]
+MEASURED_COLUMNS = ["r_calc", "mpe_calc", "completeness"]  # measured-data test sets (evaluation.measured)
 
 
 def _f(x: Any, nd: int = 6) -> Any:
@@ -107,12 +109,22 @@ def build_report(method: str, rows: Sequence[Mapping[str, Any]], skipped: Sequen
                       "alternatives": {k: _summary([row[f"{k}_r"] for row in rows])
                                        for k in ("confidence", "consistency")}}
         rep["by_cycles"] = _by_cycles(rows, settings["cycles"])
-    elif method == "charge-flipping":
+    elif method in ("charge-flipping", "model+cf"):
         rep["selection"] = "polished: symmetrised to P 1 21/c 1, then low-density elimination"
         rep["raw"] = block(rows, "r_raw")
         rep["symmetrised"] = _summary([row["r_sym"] for row in rows])
         rep["converged"] = int(sum(bool(row["converged"]) for row in rows))
+    if rows and rows[0].get("r_calc") is not None:
+        rep["calculated"] = _measured_block(rows)
     return rep
+
+
+def _measured_block(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Hook: the same method on the model's calculated |F| at the same reflections, and the cost of real data."""
+    calc = _summary([row["r_calc"] for row in rows])
+    return {**calc, "amplitudes": "calculated from the deposited model at the measured reflections",
+            "median_r_measured_minus_calculated": _f(np.median([row["r"] - row["r_calc"] for row in rows])),
+            "median_completeness": _f(np.median([row["completeness"] for row in rows]))}
 
 
 def _csv_value(v: Any) -> str:
@@ -127,7 +139,7 @@ def results_csv(method: str, rows: Sequence[Mapping[str, Any]]) -> str:
     """results.csv text: one row per structure, the columns of COLUMNS[method]."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    cols = COLUMNS[method]
+    cols = COLUMNS[method] + [c for c in MEASURED_COLUMNS if rows and rows[0].get(c) is not None]
     w.writerow(cols)
     for row in rows:
         w.writerow([_csv_value(row.get(c)) for c in cols])

@@ -38,7 +38,7 @@ from manifests.seeds import seeded_rng, stable_id
 __all__ = ["METHODS", "Inputs", "Prepared", "open_testset", "open_cif_dir", "prepare_all", "evaluate",
            "reflection_meta"]
 
-METHODS = ("model", "charge-flipping", "random", "true")
+METHODS = ("model", "charge-flipping", "random", "true", "model+cf")
 _RANDOM_KEY, _CF_KEY = 3, 2  # spawn_key purposes (1 = random starts of the scan, evaluation.recycle)
 
 
@@ -63,6 +63,8 @@ class Prepared:
     amp: np.ndarray  # (N,) |F|
     phase: np.ndarray  # (N,) true phases, radians
     observed: np.ndarray  # (N,) bool
+    amp_calc: np.ndarray | None = None  # (N,) the model's |F| when `amp` is measured (evaluation.measured)
+    completeness: float | None = None  # measured share of the observable list reflections
 
     def descriptors(self) -> dict[str, Any]:
         return {"id": self.id, "volume": self.volume, "class": self.compound_class,
@@ -100,7 +102,12 @@ def open_testset(testset: str | os.PathLike) -> Inputs:
         raise ValueError(f"cannot read the CIF archive of {testset}: {exc}") from None
     name = path.stem if path.is_file() else str(testset)
     return Inputs(items, {"kind": "testset", "name": name, "select": ts.get("select"),
-                          "sha256": hashlib.sha256(raw).hexdigest()})
+                          "sha256": hashlib.sha256(raw).hexdigest(), **_measured_flag(ts)})
+
+
+def _measured_flag(ts: dict) -> dict[str, bool]:
+    """Hook: a measured-data test set (evaluation.measured) is prepared from its reflections."""
+    return {"measured": True} if ts.get("measured") else {}
 
 
 def open_cif_dir(cif_dir: str | os.PathLike, select: str | None = None) -> Inputs:
@@ -142,6 +149,10 @@ def prepare_all(inputs: Inputs, hkl: np.ndarray, d_min: float, select: str | Non
         select: apply a test-set cell rule (reason "cell out of the selected range").
         limit: only the first `limit` inputs.
     """
+    if inputs.meta.get("measured"):
+        from evaluation.measured import prepare_measured
+
+        return prepare_measured(inputs, hkl, d_min, limit)
     plan = sf_plan(space_group_ops(STANDARD_SETTING), hkl)
     good, skipped = [], []
     for sid, data in inputs.items[:limit]:
@@ -217,6 +228,28 @@ def _charge_flipping(prepared: list[Prepared], seed: int, workers: int, tick: Ca
         return out
 
 
+def _model_cf_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg: Any, seed: int,
+                   tick: Callable[[], None]) -> list[dict]:
+    """Charge flipping started from the network: one attempt per scan start, from its best run by the FOM."""
+    rows = []
+    inputs = [ScanInput(p.id, p.amp, p.observed) for p in prepared]
+    for p, res in zip(prepared, scan(model, hkl, inputs, scan_cfg)):
+        fom = getattr(res, scan_cfg.fom)
+        starts = np.radians(res.phase_deg[np.arange(len(fom)), np.argmax(fom, axis=1)].astype(np.float64))
+        try:
+            cf = charge_flip(p.cell6, hkl, p.amp, p.observed, space_group=STANDARD_SETTING,
+                             rng=_rng(seed, _CF_KEY, p.id), start_phases=starts)
+        except Exception as exc:  # noqa: BLE001 (listed as skipped; the run goes on)
+            rows.append({"id": p.id, "error": _short(exc)})
+            continue
+        r, mpe = _score(p, hkl, np.stack([cf.phase_polished, cf.phase_raw, cf.phase_sym]))
+        rows.append({**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0]), "r_raw": float(r[1]),
+                     "mpe_raw": float(mpe[1]), "r_sym": float(r[2]), "converged": bool(cf.converged),
+                     "cf_cycles": int(cf.cycles), "r_cf": float(cf.r_cf)})
+        tick()
+    return rows
+
+
 def _model_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg: Any,
                 tick: Callable[[], None]) -> list[dict]:
     class _Tick:
@@ -246,6 +279,26 @@ def _model_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg:
 def evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, seed: int = 0, workers: int = 1,
              model: Any = None, scan_cfg: Any = None,
              progress: Any = None) -> tuple[list[dict], list[dict[str, str]], float]:
+    """`_evaluate`; on measured amplitudes (`Prepared.amp_calc` set) also on the calculated ones, as r_calc."""
+    prepared = list(prepared)
+    rows, failed, seconds = _evaluate(method, prepared, hkl, seed=seed, workers=workers, model=model,
+                                      scan_cfg=scan_cfg, progress=progress)
+    if not prepared or prepared[0].amp_calc is None:
+        return rows, failed, seconds
+    from evaluation.measured import calculated_twins
+
+    calc, _, _ = _evaluate(method, calculated_twins(prepared), hkl, seed=seed, workers=workers, model=model,
+                           scan_cfg=scan_cfg)
+    by_id, extra = {r["id"]: r for r in calc}, {p.id: p.completeness for p in prepared}
+    for row in rows:
+        c = by_id.get(row["id"], {})
+        row.update(r_calc=c.get("r"), mpe_calc=c.get("mpe"), completeness=extra[row["id"]])
+    return rows, failed, seconds
+
+
+def _evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, seed: int = 0, workers: int = 1,
+              model: Any = None, scan_cfg: Any = None,
+              progress: Any = None) -> tuple[list[dict], list[dict[str, str]], float]:
     """Run a method over prepared structures.
 
     Args:
@@ -277,6 +330,10 @@ def evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, seed
         if model is None or scan_cfg is None:
             raise ValueError("method 'model' needs a model and a scan config")
         rows = _model_rows(prepared, hkl, model, scan_cfg, tick)
+    elif method == "model+cf":
+        if model is None or scan_cfg is None:
+            raise ValueError("method 'model+cf' needs a model and a scan config")
+        rows = _model_cf_rows(prepared, hkl, model, scan_cfg, seed, tick)
     elif method == "charge-flipping":
         rows = _charge_flipping(prepared, seed, workers, tick)
     else:

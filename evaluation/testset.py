@@ -22,7 +22,7 @@ import lzma
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from importlib.resources.abc import Traversable
 from typing import Any
@@ -38,6 +38,7 @@ __all__ = [
 TESTSET_VERSION = 1
 SELECTIONS: dict[str, str] = {f"p21c-{k}": f"space group 14 in its reduced P 1 21/c 1 cell (beta >= 90); {v}"
                               for k, v in SIZE_CLASSES.items()}
+SELECTIONS["p21c-measured"] = "space group 14 (any cell) with measured reflections in the file (evaluation.measured)"
 COD_URL = "https://www.crystallography.net/cod/{id}.cif"
 _PACKAGE_DIR = ("manifests", "testsets")
 
@@ -54,8 +55,8 @@ def selection_reason(cell6: Sequence[float], select: str) -> str | None:
     """
     if select not in SELECTIONS:
         raise ValueError(f"unknown selection {select!r}: choose one of {sorted(SELECTIONS)}")
-    if size_class(cell6) == select.removeprefix("p21c-"):
-        return None
+    if select == "p21c-measured" or size_class(cell6) == select.removeprefix("p21c-"):
+        return None  # p21c-measured has no cell rule: build_testset's `accept` hook selects (evaluation.measured)
     return f"longest edge {float(max(cell6[:3])):.3f} A outside {select}"
 
 
@@ -99,7 +100,8 @@ def _entry(ing: Ingested, data: bytes, source: dict[str, str]) -> dict[str, Any]
 
 
 def build_testset(cif_dir: str | os.PathLike, select: str, *, archive: str | None = None,
-                  database: str = "COD", licence: str = "public domain (COD, CC0)") -> dict[str, Any]:
+                  database: str = "COD", licence: str = "public domain (COD, CC0)",
+                  accept: Callable[[Ingested, bytes], tuple[str | None, dict]] | None = None) -> dict[str, Any]:
     """Select the structures of a CIF directory into a test-set manifest.
 
     Args:
@@ -109,6 +111,8 @@ def build_testset(cif_dir: str | os.PathLike, select: str, *, archive: str | Non
         archive: file name of the archive that ships these CIFs (recorded for `iter_testset_cifs`).
         database: where the CIFs come from; "COD" adds the COD download URL to each entry.
         licence: the licence of the CIF files.
+        accept: optional further rule after the cell rule: (structure, CIF bytes) -> (reason to skip or None,
+            extra entry fields).
 
     Returns:
         The manifest dict: entries (sorted by id) and skipped files with reasons. Deterministic: no timestamps,
@@ -129,10 +133,14 @@ def build_testset(cif_dir: str | os.PathLike, select: str, *, archive: str | Non
         if why is not None:
             skipped.append({"id": path.stem, "reason": "cell out of the selected range", "detail": why})
             continue
+        why, extra = accept(ing, data) if accept is not None else (None, {})
+        if why is not None:
+            skipped.append({"id": path.stem, "reason": why, "detail": ""})
+            continue
         source = {"database": database, **prov.get(path.stem, {})}
         if database == "COD":
             source["url"] = COD_URL.format(id=path.stem)
-        entries.append(_entry(ing, data, source))
+        entries.append({**_entry(ing, data, source), **extra})
     out: dict[str, Any] = {
         "version": TESTSET_VERSION,
         "select": select,

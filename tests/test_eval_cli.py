@@ -278,4 +278,6 @@ def test_no_new_cli_options():
         "compare": ["no_plots", "out", "reports"],
         "testset": ["archive", "cifs", "out", "select"],
         "fetch": ["base_url", "out", "testset", "timeout"],
+        "solve": sorted(["input_path", "out", "checkpoint", "method", "fmt", "hklf", "cell", "spacegroup", "block",
+                         "d_min", "peaks", "seed", "device", "overwrite"]),
     }
