@@ -28,11 +28,12 @@ import numpy as np
 from builder.reflections import hkl_hash, phai_hkl
 from builder.sf import sf_plan
 from builder.symmetry import space_group_ops
-from evaluation.baselines import charge_flip, random_signs, true_phases
+from evaluation.baselines import random_signs, true_phases
+from evaluation.charge_flipping import CFConfig, charge_flip
 from evaluation.cif import STANDARD_SETTING, Unusable, parse_structure, reflections
 from evaluation.metrics import phase_r_batch
 from evaluation.recycle import ScanInput, pick_runs, scan
-from evaluation.testset import iter_testset_cifs, load_testset, selection_reason, shipped_testset
+from evaluation.testset import SELECTIONS, iter_testset_cifs, load_testset, selection_reason, shipped_testset
 from manifests.seeds import seeded_rng, stable_id
 
 __all__ = ["METHODS", "Inputs", "Prepared", "open_testset", "open_cif_dir", "prepare_all", "evaluate",
@@ -112,8 +113,8 @@ def open_cif_dir(cif_dir: str | os.PathLike, select: str | None = None) -> Input
     root = Path(cif_dir)
     if not root.is_dir():
         raise ValueError(f"--cifs {root} is not a directory")
-    if select is not None:
-        selection_reason((1.0, 1.0, 1.0, 90.0, 90.0, 90.0), select)  # validates the name
+    if select is not None and select not in SELECTIONS:
+        raise ValueError(f"unknown selection {select!r}: choose one of {', '.join(sorted(SELECTIONS))}")
     paths = sorted(root.glob("*.cif"), key=lambda p: _id_key(p.stem))
     if not paths:
         raise ValueError(f"no .cif files in {root}")
@@ -185,23 +186,25 @@ def _simple(method: str, p: Prepared, hkl: np.ndarray, seed: int) -> dict[str, A
     return {**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0])}
 
 
-def _cf_task(args: tuple[Prepared, int]) -> dict[str, Any]:
+def _cf_task(args: tuple[Prepared, int, CFConfig | None]) -> dict[str, Any]:
     """Charge flipping of one structure (top level, so worker processes can run it); {"error"} on failure."""
-    p, seed = args
+    p, seed, cfg = args
     hkl = phai_hkl()
     try:
         res = charge_flip(p.cell6, hkl, p.amp, p.observed, space_group=STANDARD_SETTING,
-                          rng=_rng(seed, _CF_KEY, p.id))
+                          rng=_rng(seed, _CF_KEY, p.id), config=cfg)
     except Exception as exc:  # noqa: BLE001 (listed as skipped; the run goes on)
         return {"id": p.id, "error": _short(exc)}
     r, mpe = _score(p, hkl, np.stack([res.phase_polished, res.phase_raw, res.phase_sym]))
     return {**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0]), "r_raw": float(r[1]),
             "mpe_raw": float(mpe[1]), "r_sym": float(r[2]), "converged": bool(res.converged),
-            "cf_cycles": int(res.cycles), "r_cf": float(res.r_cf)}
+            "cf_cycles": int(res.cycles), "cf_cycles_run": int(res.cycles_run), "r_cf": float(res.r_cf),
+            "origin_margin": float(res.origin_margin) if np.isfinite(res.origin_margin) else None}
 
 
-def _charge_flipping(prepared: list[Prepared], seed: int, workers: int, tick: Callable[[], None]) -> list[dict]:
-    tasks = [(p, seed) for p in prepared]
+def _charge_flipping(prepared: list[Prepared], seed: int, workers: int, cfg: CFConfig | None,
+                     tick: Callable[[], None]) -> list[dict]:
+    tasks = [(p, seed, cfg) for p in prepared]
     if workers <= 1 or len(tasks) <= 1:
         out = []
         for t in tasks:
@@ -244,7 +247,7 @@ def _model_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg:
 
 
 def evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, seed: int = 0, workers: int = 1,
-             model: Any = None, scan_cfg: Any = None,
+             model: Any = None, scan_cfg: Any = None, cf_config: CFConfig | None = None,
              progress: Any = None) -> tuple[list[dict], list[dict[str, str]], float]:
     """Run a method over prepared structures.
 
@@ -256,6 +259,7 @@ def evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, seed
         workers: processes for charge flipping.
         model: a PhAINet in eval mode (method "model").
         scan_cfg: `evaluation.recycle.ScanConfig` (method "model").
+        cf_config: `CFConfig` for charge flipping (None: its defaults).
         progress: optional tqdm-like object, `update(1)` per structure.
 
     Returns:
@@ -278,7 +282,7 @@ def evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, seed
             raise ValueError("method 'model' needs a model and a scan config")
         rows = _model_rows(prepared, hkl, model, scan_cfg, tick)
     elif method == "charge-flipping":
-        rows = _charge_flipping(prepared, seed, workers, tick)
+        rows = _charge_flipping(prepared, seed, workers, cf_config, tick)
     else:
         rows = []
         for p in prepared:
