@@ -163,10 +163,7 @@ def _cycle(p1: P1Data, st: _State, idx: np.ndarray, cyc: int, cfg: CFConfig) -> 
 
 def _restricted_at(p1: P1Data, ops: SymOps, half: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Phases on the observed list of a half-grid map shifted by t, symmetrised and restricted."""
-    def lookup(q: np.ndarray) -> np.ndarray:
-        return p1.grid.lookup(half, q) * np.exp(2j * np.pi * (q @ t))
-
-    return restrict(symmetrise(lookup, p1.h_list, ops), ops)
+    return restrict(symmetrise(lambda q: p1.grid.lookup_shifted(half, q, t), p1.h_list, ops), ops)
 
 
 def _check(p1: P1Data, ops: SymOps, plan: OriginPlan, st: _State, idx: np.ndarray, k: int) -> None:
@@ -175,10 +172,7 @@ def _check(p1: P1Data, ops: SymOps, plan: OriginPlan, st: _State, idx: np.ndarra
     w = p1.w_list
     for a in idx:
         g = st.g[a] + st.g_prev[a]  # the mean of the two states the π/2 rule alternates between
-        sol = np.zeros_like(g)
-        go = g[p1.obs]
-        sol[p1.obs] = p1.e_obs * go / np.maximum(np.abs(go), 1e-300)
-        t, _ = plan.search(p1.grid.lookup(sol, p1.h_p1), newton_steps=0)  # both maps at one t: no need to refine
+        t, _ = plan.search(p1.grid.lookup(p1.solution(g), p1.h_p1), newton_steps=0)  # both maps at one t: no need to refine
         if k > 0:
             d = _restricted_at(p1, ops, g, t) - _restricted_at(p1, ops, st.g_check[a], t)
             st.agree[a, k] = float(np.sum(w * np.cos(d)) / np.sum(w))

@@ -35,7 +35,7 @@ import numpy as np
 from builder.symmetry import SymOps, space_group_ops
 from evaluation.cf_loop import CFConfig, FlipRun, run_flips
 from evaluation.origin import OriginPlan, restrict, symmetrise
-from evaluation.p1grid import Grid, P1Data, p1_data
+from evaluation.p1grid import P1Data, p1_data
 
 __all__ = ["CFConfig", "CFResult", "charge_flip", "ORIGIN_AMBIGUOUS"]
 
@@ -175,19 +175,16 @@ def charge_flip(cell6: np.ndarray, hkl: np.ndarray, amp_obs: np.ndarray, observe
     return _finish(p1, ops, plan, run, h, cfg)
 
 
-def _shifted(grid: Grid, half: np.ndarray, t: np.ndarray):
-    """Lookup of F_t(q) = F(q) exp(2πi q·t) from an unshifted half grid."""
-    return lambda q: grid.lookup(half, q) * np.exp(2j * np.pi * (q @ t))
-
-
 def _finish(p1: P1Data, ops: SymOps, plan: OriginPlan, run: FlipRun, h: np.ndarray, cfg: CFConfig) -> CFResult:
     """Steps 3–5: choose a start, shift it to the group's origin, symmetrise and polish."""
     cand = np.flatnonzero(run.converged) if run.converged.any() else np.arange(len(run.r_cf))
     best = int(cand[np.argmin(run.r_cf[cand])])
     g_best = run.g[best]
-    peaks = plan.peaks(p1.grid.lookup(_solution(p1, g_best), p1.h_p1), 2)
+    peaks = plan.peaks(p1.grid.lookup(p1.solution(g_best), p1.h_p1), 2)
     (t, score), margin = peaks[0], (peaks[0][1] - peaks[1][1] if len(peaks) > 1 else float("nan"))
-    lookup_t = _shifted(p1.grid, g_best, t)
+    def lookup_t(q: np.ndarray) -> np.ndarray:
+        return p1.grid.lookup_shifted(g_best, q, t)
+
     f_t = lookup_t(h)
     phase_sym = restrict(symmetrise(lookup_t, h, ops), ops)
     phase_pol = phase_sym
@@ -203,14 +200,6 @@ def _finish(p1: P1Data, ops: SymOps, plan: OriginPlan, run: FlipRun, h: np.ndarr
         delta=float(run.delta[best]), grid=tuple(p1.grid.n), r_cf_history=run.r_cf_history,
         skew_history=run.skew_history, agreement_history=run.agreement_history,
     )
-
-
-def _solution(p1: P1Data, g: np.ndarray) -> np.ndarray:
-    """Half grid of |E| with the phases of G on the observed reflections (what the origin search scores)."""
-    sol = np.zeros(len(g), dtype=np.complex128)
-    go = g[p1.obs]
-    sol[p1.obs] = p1.e_obs * go / np.maximum(np.abs(go), 1e-300)
-    return sol
 
 
 def _polish(p1: P1Data, ops: SymOps, h: np.ndarray, lookup_t, g000: float, delta: float,

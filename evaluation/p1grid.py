@@ -70,6 +70,10 @@ class Grid:
         v = half[..., flat]
         return np.where(conj, np.conj(v), v)
 
+    def lookup_shifted(self, half: np.ndarray, hkl: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """F_t(h) = F(h) exp(2πi h·t): the structure factors of the map moved by −t (origin shifted to t)."""
+        return self.lookup(half, hkl) * np.exp(2j * np.pi * (np.asarray(hkl) @ t))
+
     def to_map(self, half: np.ndarray) -> np.ndarray:
         """ρ on the grid from flat half grids (k, n_half) -> (k, n0·n1·n2)."""
         k = half.shape[0]
@@ -95,6 +99,13 @@ class P1Data:
     h_p1: np.ndarray  # (P, 3) observed P1 indices closed under Friedel (for the origin search)
     h_list: np.ndarray  # (L, 3) the observed rows of the input list (for convergence checks)
     w_list: np.ndarray  # (L,) their |F|² (the weights of r, evaluation.metrics)
+
+    def solution(self, g: np.ndarray) -> np.ndarray:
+        """Half grid of |E| with the phases of G on the observed reflections (what the origin search scores)."""
+        sol = np.zeros(len(g), dtype=np.complex128)
+        go = g[self.obs]
+        sol[self.obs] = self.e_obs * go / np.maximum(np.abs(go), 1e-300)
+        return sol
 
 
 def _expand(hkl: np.ndarray, ops: SymOps) -> np.ndarray:
