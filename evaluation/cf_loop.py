@@ -116,11 +116,13 @@ class _State:
     agree: np.ndarray  # (A, max checks)
 
 
-def _start(p1: P1Data, rng: np.random.Generator, cfg: CFConfig) -> _State:
-    """Random starting phases, F000 = 0. In the l = 0 plane a reflection and its mate are both stored; irfftn
-    keeps only the Hermitian part, so inconsistent starts there are simply averaged."""
-    a_n, n_half = cfg.n_attempts, p1.grid.n_half
-    phi = rng.uniform(0.0, _TWO_PI, size=(a_n, len(p1.obs)))
+def _start(p1: P1Data, rng: np.random.Generator, cfg: CFConfig, phi0: np.ndarray | None) -> _State:
+    """Random starting phases (or phi0, (A, M) on the observed grid points), F000 = 0. In the l = 0 plane a
+    reflection and its mate are both stored; irfftn keeps only the Hermitian part, so inconsistent starts there
+    are simply averaged."""
+    a_n = cfg.n_attempts if phi0 is None else len(phi0)
+    n_half = p1.grid.n_half
+    phi = rng.uniform(0.0, _TWO_PI, size=(a_n, len(p1.obs))) if phi0 is None else phi0
     f = np.zeros((a_n, n_half), dtype=np.complex128)
     f[:, p1.obs] = p1.e_obs * np.exp(1j * phi)
     n_checks = cfg.max_cycles // cfg.check_every + 1
@@ -179,9 +181,12 @@ def _check(p1: P1Data, ops: SymOps, plan: OriginPlan, st: _State, idx: np.ndarra
         st.g_check[a] = g
 
 
-def run_flips(p1: P1Data, ops: SymOps, plan: OriginPlan, rng: np.random.Generator, cfg: CFConfig) -> FlipRun:
-    """Run all starts until `stop_after` have converged or `max_cycles` (module docstring of charge_flipping)."""
-    st = _start(p1, rng, cfg)
+def run_flips(p1: P1Data, ops: SymOps, plan: OriginPlan, rng: np.random.Generator, cfg: CFConfig,
+              phi0: np.ndarray | None = None) -> FlipRun:
+    """Run all starts until `stop_after` have converged or `max_cycles` (module docstring of charge_flipping).
+
+    phi0: (A, M) starting phases on the observed grid points instead of `cfg.n_attempts` random ones."""
+    st = _start(p1, rng, cfg, phi0)
     for cyc in range(cfg.max_cycles):
         idx = np.flatnonzero(st.active)
         if len(idx) == 0:

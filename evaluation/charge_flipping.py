@@ -35,7 +35,7 @@ import numpy as np
 from builder.symmetry import SymOps, space_group_ops
 from evaluation.cf_loop import CFConfig, FlipRun, run_flips
 from evaluation.origin import OriginPlan, restrict, symmetrise
-from evaluation.p1grid import P1Data, p1_data
+from evaluation.p1grid import P1Data, p1_data, phases_on_grid
 
 __all__ = ["CFConfig", "CFResult", "charge_flip", "ORIGIN_AMBIGUOUS"]
 
@@ -126,7 +126,7 @@ def _validate(cell6: np.ndarray, hkl: np.ndarray, amp_obs: np.ndarray,
 
 def charge_flip(cell6: np.ndarray, hkl: np.ndarray, amp_obs: np.ndarray, observed_mask: np.ndarray, *,
                 space_group: str = "P 1 21/c 1", rng: np.random.Generator | None = None,
-                config: CFConfig | None = None) -> CFResult:
+                config: CFConfig | None = None, start_phases: np.ndarray | None = None) -> CFResult:
     """Solve phases by charge flipping in P1, then shift to the group's origin, symmetrise and polish.
 
     Steps (Oszlányi & Sütő 2004, 2005; phasing-baselines.md §1.1, §1.5):
@@ -155,6 +155,8 @@ def charge_flip(cell6: np.ndarray, hkl: np.ndarray, amp_obs: np.ndarray, observe
         space_group: any symbol gemmi knows, in the setting of hkl.
         rng: seeded numpy Generator for the random starts (required).
         config: `CFConfig` (defaults when None).
+        start_phases: (A, H) phases (radians) on `hkl` to start A attempts from instead of random phases
+            (e.g. a network's phases, in the spirit of AI-PhaSeed); `config.n_attempts` is then A.
 
     Returns:
         CFResult.
@@ -171,7 +173,8 @@ def charge_flip(cell6: np.ndarray, hkl: np.ndarray, amp_obs: np.ndarray, observe
     ops = space_group_ops(space_group)
     p1 = p1_data(cell, h, amp, mask, ops, cfg.normalise, cfg.per_bin, cfg.grid_step, cfg.weak_fraction)
     plan = OriginPlan.build(p1.h_p1, ops)
-    run = run_flips(p1, ops, plan, rng, cfg)
+    phi0 = None if start_phases is None else phases_on_grid(p1, h, start_phases, ops)
+    run = run_flips(p1, ops, plan, rng, cfg, phi0)
     return _finish(p1, ops, plan, run, h, cfg)
 
 
@@ -193,7 +196,7 @@ def _finish(p1: P1Data, ops: SymOps, plan: OriginPlan, run: FlipRun, h: np.ndarr
     return CFResult(
         phase_raw=restrict(f_t, ops), phase_sym=phase_sym, phase_polished=phase_pol,
         phase_p1=np.mod(np.angle(f_t), 2 * np.pi), converged=bool(run.converged[best]),
-        cycles=int(run.cycles[best]), cycles_run=int(run.cycles.max()), attempts=cfg.n_attempts,
+        cycles=int(run.cycles[best]), cycles_run=int(run.cycles.max()), attempts=len(run.cycles),
         best_attempt=best, r_cf=float(run.r_cf[best]), sym_consistency=float(score),
         origin_margin=float(margin), r_cf_all=run.r_cf,
         converged_all=run.converged, cycles_all=run.cycles, origin_shift=np.asarray(t),

@@ -16,7 +16,7 @@ import numpy as np
 from builder.reflections import stol2
 from builder.symmetry import SymOps
 
-__all__ = ["Grid", "P1Data", "nice_size", "p1_data"]
+__all__ = ["Grid", "P1Data", "nice_size", "p1_data", "phases_on_grid"]
 
 
 def nice_size(n: int) -> int:
@@ -171,3 +171,24 @@ def p1_data(cell: np.ndarray, h: np.ndarray, amp: np.ndarray, mask: np.ndarray, 
     h_p1 = np.concatenate([h_obs, -h_obs[h_obs[:, 2] < 0]])
     return P1Data(grid=grid, obs=obs, h_obs=h_obs, e_obs=e_obs, f_obs=f_obs, weak=weak,
                   half_sign=np.where(canon, 1.0, -1.0), h_p1=h_p1, h_list=h[mask], w_list=amp_m**2)
+
+
+def phases_on_grid(p1: P1Data, h: np.ndarray, phases: np.ndarray, ops: SymOps) -> np.ndarray:
+    """(A, M) phases at the observed half-grid points from (A, H) phases on the list `h`, expanded to P1 by
+    F(h R) = F(h) exp(−2πi h·τ) and Friedel; several listed reflections on one point are averaged as phasors.
+
+    For starting charge flipping from given phases (a network's, in the spirit of AI-PhaSeed)."""
+    phases = np.asarray(phases, dtype=np.float64)
+    if phases.ndim != 2 or phases.shape[1] != len(h) or not np.all(np.isfinite(phases)):
+        raise ValueError(f"start phases must be finite with shape (A, {len(h)})")
+    eq = _expand(h, ops)  # (2G, H, 3): +h R_g, then −h R_g
+    ph = phases[:, None, :] - 2.0 * np.pi * (ops.tran @ h.astype(np.float64).T)[None]  # (A, G, H): φ(h R_g)
+    ph = np.concatenate([ph, -ph], axis=1)  # F(−h R_g) = conj F(h R_g)
+    flat, conj = p1.grid.locate(eq.reshape(-1, 3))
+    ph = np.where(conj, -1.0, 1.0) * ph.reshape(len(phases), -1)  # a stored Friedel mate holds the conjugate
+    out = np.empty((len(phases), len(p1.obs)))
+    for a in range(len(phases)):
+        z = np.bincount(flat, weights=np.cos(ph[a]), minlength=p1.grid.n_half) + 1j * np.bincount(
+            flat, weights=np.sin(ph[a]), minlength=p1.grid.n_half)
+        out[a] = np.angle(z[p1.obs])
+    return out

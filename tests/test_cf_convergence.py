@@ -142,3 +142,14 @@ def test_cf_config_is_frozen_and_resolves_delta():
         cfg.max_cycles = 5
     assert cfg.delta_over_sigma == 1.0 and CFConfig(f000="zero").delta_over_sigma == 0.2
     assert dataclasses.replace(cfg, f000="zero").delta_over_sigma == 0.2
+
+
+def test_starting_from_the_true_phases_converges_at_the_first_checks():
+    """start_phases (as `model+cf` and `solve` pass a network's phases): from the truth CF stays there."""
+    cell6, hkl, amp, phase, mask = make_data(1)
+    res = charge_flip(cell6, hkl, amp, mask, rng=np.random.default_rng(0), start_phases=np.stack([phase, phase]))
+    assert res.attempts == 2 and res.converged
+    assert res.cycles <= (CFConfig().stable_checks + 1) * CFConfig().check_every
+    assert r_free(amp, res.phase_polished, phase, hkl, mask, enantiomorph=False) > 0.99
+    with pytest.raises(ValueError, match="start phases"):
+        charge_flip(cell6, hkl, amp, mask, rng=np.random.default_rng(0), start_phases=phase[None, :5])
