@@ -58,7 +58,7 @@ def _progress(total: int, desc: str) -> Any:
               help="With --cifs: apply a test-set cell rule (others are listed as skipped).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Trainer checkpoint or bare PhAI state_dict (implies --method model).")
-@click.option("--method", type=click.Choice(["model", "charge-flipping", "random", "true", "model+cf"]), default=None)
+@click.option("--method", type=click.Choice(["model", "model+cf", "charge-flipping", "random", "true"]), default=None)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Report folder.")
 @click.option("--d-min", type=float, default=1.0, show_default=True, help="Resolution limit (Å).")
 @click.option("--cycles", default="1..10", show_default=True, help="Cycle counts to scan: A..B, 1,3,5 or N.")
@@ -76,72 +76,69 @@ def _progress(total: int, desc: str) -> Any:
 def run(testset, cifs, select, checkpoint, method, out, d_min, cycles, random_starts, zero_start, fom, seed,
         device, batch_size, workers, limit, no_plots) -> None:
     """Evaluate a checkpoint or a baseline; write report.json, results.csv, report.md and plots into --out."""
+    from evaluation.config import EvalConfig
+
+    cfg = EvalConfig(testset=testset, cifs=cifs, select=select, checkpoint=checkpoint, method=method, out=out,
+                     d_min=d_min, cycles=cycles, random_starts=random_starts, zero_start=zero_start, fom=fom,
+                     seed=seed, device=device, batch_size=batch_size, workers=workers, limit=limit,
+                     plots=not no_plots)
+    _run(cfg)
+
+
+def _run(cfg: Any) -> None:
+    """The body of `run` for a validated `EvalConfig`."""
     from builder.reflections import phai_hkl
     from evaluation import report as rpt
-    from evaluation.run import evaluate, open_cif_dir, open_testset, prepare_all, reflection_meta
+    from evaluation.run import MODEL_METHODS, evaluate, open_cif_dir, open_testset, prepare_all, reflection_meta
 
-    if (testset is None) == (cifs is None):
-        raise ValueError("give exactly one of --testset and --cifs")
-    if select is not None and cifs is None:
-        raise ValueError("--select applies to --cifs only (a test set is already selected)")
-    if checkpoint is not None and method not in (None, "model", "model+cf"):
-        raise ValueError(f"--checkpoint runs the model; drop it or --method {method}")
-    method = method or ("model" if checkpoint is not None else None)
-    if method is None:
-        raise ValueError("give --checkpoint or --method charge-flipping|random|true")
-    if method in ("model", "model+cf") and checkpoint is None:
-        raise ValueError(f"--method {method} needs --checkpoint")
-    if not d_min > 0:
-        raise ValueError(f"--d-min must be > 0, got {d_min}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
-    _check_out_dir(out)
-    settings: dict[str, Any] = {"d_min": d_min, "seed": seed, "limit": limit, "space_group": "P 1 21/c 1"}
-    model = scan_cfg = ck_info = None
-    if method in ("model", "model+cf"):
-        from evaluation.recycle import ScanConfig, parse_cycles
+    settings = cfg.settings()
+    model = ck_info = None
+    hkl = phai_hkl()
+    if cfg.method in MODEL_METHODS:
         from training.checkpoint import load_model
 
-        scan_cfg = ScanConfig(cycles=parse_cycles(cycles), zero_start=zero_start, random_starts=random_starts,
-                              seed=seed, fom=fom, batch_size=batch_size)
-        dev = _resolve_device(device)
-        loaded = load_model(checkpoint, dev)
+        dev = _resolve_device(cfg.device)
+        loaded = load_model(cfg.checkpoint, dev)
         model, ck_info = loaded.model, loaded.info
         hkl = phai_hkl(loaded.config.max_index)
-        settings.update(cycles=list(scan_cfg.cycles), zero_start=zero_start, random_starts=random_starts,
-                        starts=list(scan_cfg.start_names), fom=fom, batch_size=batch_size, device=dev)
-    else:
-        hkl = phai_hkl()
+        settings["device"] = dev
     settings.update(reflection_meta(hkl))
-    inputs = open_testset(testset) if testset is not None else open_cif_dir(cifs, select)
-    prepared, skipped = prepare_all(inputs, hkl, d_min, select=select, limit=limit)
-    bar = _progress(len(prepared), method)
+    inputs = open_testset(cfg.testset) if cfg.testset is not None else open_cif_dir(cfg.cifs, cfg.select)
+    prepared, skipped = prepare_all(inputs, hkl, cfg.d_min, select=cfg.select, limit=cfg.limit)
+    bar = _progress(len(prepared), cfg.method)
     try:
-        rows, failed, seconds = evaluate(method, prepared, hkl, seed=seed, workers=workers, model=model,
-                                         scan_cfg=scan_cfg, progress=bar)
+        rows, failed, seconds = evaluate(cfg.method, prepared, hkl, seed=cfg.seed, workers=cfg.workers,
+                                         model=model, scan_cfg=cfg.scan, cf_config=cfg.cf, progress=bar)
     finally:
         bar.close()
     skipped = skipped + failed
-    rep = rpt.build_report(method, rows, skipped, inputs.meta, settings, ck_info)
-    timing = {"method_seconds": round(seconds, 3), "n": len(rows), "workers": workers,
+    rep = rpt.build_report(cfg.method, rows, skipped, inputs.meta, settings, ck_info)
+    timing = {"method_seconds": round(seconds, 3), "n": len(rows), "workers": cfg.workers,
               "seconds_per_structure": round(seconds / len(rows), 4) if rows else None}
-    rpt.write_run(out, rep, rows, timing=timing, plots=not no_plots)
+    rpt.write_run(cfg.out, rep, rows, timing=timing, plots=cfg.plots)
+    _summary(cfg, rep, skipped, seconds, timing)
+
+
+def _summary(cfg: Any, rep: dict, skipped: list, seconds: float, timing: dict) -> None:
+    from evaluation.report import last_line
+
     for s in skipped:
         click.echo(f"skipped {s['id']}: {s['reason']}" + (f" ({s['detail']})" if s.get("detail") else ""))
-    click.echo(f"wrote {out}/report.json, results.csv, report.md" + ("" if no_plots else ", plots"))
-    click.echo(f"{len(rows)} structures in {seconds:.1f} s ({timing['seconds_per_structure']} s/structure), "
+    click.echo(f"wrote {cfg.out}/report.json, results.csv, report.md" + (", plots" if cfg.plots else ""))
+    click.echo(f"{rep['n']} structures in {seconds:.1f} s ({timing['seconds_per_structure']} s/structure), "
                f"{len(skipped)} skipped")
-    if method == "model":
+    if cfg.method == "model":
         f = rep["fom"]
         click.echo(f"FOM pick ({f['name']}): f(r>=0.8) = {f['f_solved']}, median r = {f['median_r']}")
-    elif method in ("charge-flipping", "model+cf"):
+    elif cfg.method in ("charge-flipping", "model+cf"):
+        c = rep["convergence"]
         click.echo(f"raw (unsymmetrised): f(r>=0.8) = {rep['raw']['f_solved']}, median r = {rep['raw']['median_r']}")
+        click.echo(f"converged {c['converged']}/{c['n']} ({c['converged_solved']}/{c['n_solved']} solved), "
+                   f"median cycles {c['cycles_median']}")
     if "calculated" in rep:
         c = rep["calculated"]
         click.echo(f"same method on calculated |F|: f(r>=0.8) = {c['f_solved']}, median r = {c['median_r']}")
-    click.echo(rpt.last_line(rep))
+    click.echo(last_line(rep))
 
 
 @cli.command()
@@ -189,9 +186,12 @@ def testset(cifs, select, out, archive) -> None:
 @click.option("--testset", required=True, help="Test-set manifest .json or shipped name.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the <id>.cif files.")
 @click.option("--base-url", default=None, help="Mirror serving <id>.cif (default: the COD).")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Overall seconds per file (a slow or trickling server is cut off).")
+@click.option("--max-bytes", type=int, default=64 * 1024 * 1024, show_default=True,
+              help="Size cap per file (raise it for CIFs that carry large reflection lists).")
 @bad_input_exits
-def fetch(testset, out, base_url, timeout) -> None:
+def fetch(testset, out, base_url, timeout, max_bytes) -> None:
     """Download the CIFs of a test set by id and check their sha256 (mismatches are not written)."""
     import json
 
@@ -207,7 +207,7 @@ def fetch(testset, out, base_url, timeout) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
     try:
-        rep = fetch_testset(ts, out, base_url=base_url or COD_BASE_URL, timeout=timeout)
+        rep = fetch_testset(ts, out, base_url=base_url or COD_BASE_URL, timeout=timeout, max_bytes=max_bytes)
     except FetchError as exc:
         fail(str(exc), code=1)
     for m in rep.mismatched:

@@ -28,6 +28,7 @@ import numpy as np
 from builder.sf import sf_plan
 from builder.symmetry import space_group_ops
 from evaluation.cif import STANDARD_SETTING, Unusable, parse_structure, reflections
+from evaluation.prepared import Prepared
 from evaluation.reduce import reduce_measured
 from evaluation.reflections_io import read_input
 from evaluation.solve import network_view
@@ -98,8 +99,6 @@ def _prepare_one(sid: str, data: bytes, hkl: np.ndarray, d_min: float, plan: Any
 def prepare_measured(inputs: Any, hkl: np.ndarray, d_min: float,
                      limit: int | None = None) -> tuple[list[Any], list[dict[str, str]]]:
     """Like `evaluation.run.prepare_all`, for a measured test set (module docstring)."""
-    from evaluation.run import Prepared
-
     plan = sf_plan(space_group_ops(STANDARD_SETTING), hkl)
     good, skipped = [], []
     for sid, data in inputs.items[:limit]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.charge_flipping import ORIGIN_AMBIGUOUS
 from evaluation.metrics import SOLVED_R, summarise
 
 __all__ = ["REPORT_VERSION", "VOLUME_BINS", "block", "build_report", "write_run", "last_line", "load_report",
@@ -33,7 +34,8 @@ _COMMON = ["id", "volume", "class", "n_special", "n_atoms", "r", "mpe"]
 COLUMNS = {
     "model": _COMMON + ["best_cycles", "best_start", "fom_cycles", "fom_start", "fom_value", "fom_r", "fom_mpe",
                         "confidence_r", "consistency_r"],
-    "charge-flipping": _COMMON + ["r_raw", "mpe_raw", "r_sym", "converged", "cf_cycles", "r_cf"],
+    "charge-flipping": _COMMON + ["r_raw", "mpe_raw", "r_sym", "converged", "cf_cycles", "cf_cycles_run", "r_cf",
+                                  "origin_margin"],
     "random": _COMMON,
     "true": _COMMON,
 }
@@ -114,9 +116,27 @@ def build_report(method: str, rows: Sequence[Mapping[str, Any]], skipped: Sequen
         rep["raw"] = block(rows, "r_raw")
         rep["symmetrised"] = _summary([row["r_sym"] for row in rows])
         rep["converged"] = int(sum(bool(row["converged"]) for row in rows))
+        rep["convergence"] = _convergence(rows, settings)
     if rows and rows[0].get("r_calc") is not None:
         rep["calculated"] = _measured_block(rows)
     return rep
+
+
+def _convergence(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """How charge flipping ended: converged counts (overall and among the solved), cycles used, and the
+    structures whose origin the data barely fix (evaluation.charge_flipping.ORIGIN_AMBIGUOUS)."""
+    solved = [row for row in rows if row["r"] >= SOLVED_R]
+    cycles = [int(row["cf_cycles"]) for row in rows]
+    run = [int(row["cf_cycles_run"]) for row in rows]
+    return {
+        "converged": int(sum(bool(row["converged"]) for row in rows)), "n": len(rows), "n_solved": len(solved),
+        "converged_solved": int(sum(bool(row["converged"]) for row in solved)),
+        "cycles_median": _f(np.median(cycles)) if rows else None, "cycles_max": max(cycles, default=None),
+        "cycles_run_median": _f(np.median(run)) if rows else None,
+        "max_cycles": settings.get("cf", {}).get("max_cycles"),
+        "origin_ambiguous": sorted((row["id"] for row in rows if row.get("origin_margin") is not None
+                                    and row["origin_margin"] < ORIGIN_AMBIGUOUS), key=lambda i: (len(i), i)),
+    }
 
 
 def _measured_block(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -199,7 +219,7 @@ def report_md(rep: Mapping[str, Any]) -> str:
                          f"{_num(c['best_start']['median_r'])} | {_pct(z['f_solved'])} | {_num(z['median_r'])} |")
         lines.append("")
     if rep["method"] == "charge-flipping":
-        lines += [f"Charge flipping converged (R_CF drop) for {rep['converged']} of {rep['n']} structures.", ""]
+        lines += _md_convergence(rep["convergence"])
     lines += ["## Skipped inputs", ""]
     if rep["skipped"]:
         lines += ["| id | reason | detail |", "|---|---|---|"]
@@ -209,6 +229,16 @@ def report_md(rep: Mapping[str, Any]) -> str:
     lines += ["", "## Plots", "", "![r vs V by class](r_vs_volume_class.png)",
               "![r vs V by special positions](r_vs_volume_special.png)", "![histogram of r](r_hist.png)", ""]
     return "\n".join(lines)
+
+
+def _md_convergence(c: Mapping[str, Any]) -> list[str]:
+    amb = c["origin_ambiguous"]
+    return [f"Charge flipping converged (phase set stable between checks) for {c['converged']} of {c['n']} "
+            f"structures ({c['converged_solved']} of the {c['n_solved']} solved). Cycles used by the chosen start: "
+            f"median {c['cycles_median']:g}, max {c['cycles_max']} (cap {c['max_cycles']}); longest start per "
+            f"structure: median {c['cycles_run_median']:g}." if c["n"] else "No structures.",
+            "", "Origin ambiguous (pseudo-symmetry: two inequivalent origins fit equally): "
+            + (", ".join(amb) if amb else "none") + ".", ""]
 
 
 def last_line(rep: Mapping[str, Any]) -> str:

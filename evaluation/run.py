@@ -28,17 +28,21 @@ import numpy as np
 from builder.reflections import hkl_hash, phai_hkl
 from builder.sf import sf_plan
 from builder.symmetry import space_group_ops
-from evaluation.baselines import charge_flip, random_signs, true_phases
+from evaluation.baselines import random_signs, true_phases
+from evaluation.charge_flipping import CFConfig, charge_flip
 from evaluation.cif import STANDARD_SETTING, Unusable, parse_structure, reflections
+from evaluation.measured import calculated_twins, prepare_measured
 from evaluation.metrics import phase_r_batch
+from evaluation.prepared import Prepared
 from evaluation.recycle import ScanInput, pick_runs, scan
-from evaluation.testset import iter_testset_cifs, load_testset, selection_reason, shipped_testset
+from evaluation.testset import SELECTIONS, iter_testset_cifs, load_testset, selection_reason, shipped_testset
 from manifests.seeds import seeded_rng, stable_id
 
 __all__ = ["METHODS", "Inputs", "Prepared", "open_testset", "open_cif_dir", "prepare_all", "evaluate",
            "reflection_meta"]
 
 METHODS = ("model", "charge-flipping", "random", "true", "model+cf")
+MODEL_METHODS = ("model", "model+cf")  # the methods that run the network (need --checkpoint)
 _RANDOM_KEY, _CF_KEY = 3, 2  # spawn_key purposes (1 = random starts of the scan, evaluation.recycle)
 
 
@@ -48,27 +52,6 @@ class Inputs:
 
     items: list[tuple[str, bytes | Unusable]]
     meta: dict[str, Any]  # kind, name, sha256 (and select)
-
-
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """A usable structure: its descriptors and its data on the reflection list."""
-
-    id: str
-    cell6: np.ndarray
-    volume: float
-    compound_class: str
-    n_special: int
-    n_atoms: int
-    amp: np.ndarray  # (N,) |F|
-    phase: np.ndarray  # (N,) true phases, radians
-    observed: np.ndarray  # (N,) bool
-    amp_calc: np.ndarray | None = None  # (N,) the model's |F| when `amp` is measured (evaluation.measured)
-    completeness: float | None = None  # measured share of the observable list reflections
-
-    def descriptors(self) -> dict[str, Any]:
-        return {"id": self.id, "volume": self.volume, "class": self.compound_class,
-                "n_special": self.n_special, "n_atoms": self.n_atoms}
 
 
 def _short(exc: BaseException) -> str:
@@ -119,8 +102,8 @@ def open_cif_dir(cif_dir: str | os.PathLike, select: str | None = None) -> Input
     root = Path(cif_dir)
     if not root.is_dir():
         raise ValueError(f"--cifs {root} is not a directory")
-    if select is not None:
-        selection_reason((1.0, 1.0, 1.0, 90.0, 90.0, 90.0), select)  # validates the name
+    if select is not None and select not in SELECTIONS:
+        raise ValueError(f"unknown selection {select!r}: choose one of {', '.join(sorted(SELECTIONS))}")
     paths = sorted(root.glob("*.cif"), key=lambda p: _id_key(p.stem))
     if not paths:
         raise ValueError(f"no .cif files in {root}")
@@ -150,8 +133,6 @@ def prepare_all(inputs: Inputs, hkl: np.ndarray, d_min: float, select: str | Non
         limit: only the first `limit` inputs.
     """
     if inputs.meta.get("measured"):
-        from evaluation.measured import prepare_measured
-
         return prepare_measured(inputs, hkl, d_min, limit)
     plan = sf_plan(space_group_ops(STANDARD_SETTING), hkl)
     good, skipped = [], []
@@ -196,23 +177,30 @@ def _simple(method: str, p: Prepared, hkl: np.ndarray, seed: int) -> dict[str, A
     return {**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0])}
 
 
-def _cf_task(args: tuple[Prepared, int]) -> dict[str, Any]:
-    """Charge flipping of one structure (top level, so worker processes can run it); {"error"} on failure."""
-    p, seed = args
-    hkl = phai_hkl()
+def _cf_row(p: Prepared, hkl: np.ndarray, seed: int, cfg: CFConfig | None,
+            start_phases: np.ndarray | None = None) -> dict[str, Any]:
+    """Charge flipping of one structure (from random starts, or from given start phases); {"error"} on failure."""
     try:
         res = charge_flip(p.cell6, hkl, p.amp, p.observed, space_group=STANDARD_SETTING,
-                          rng=_rng(seed, _CF_KEY, p.id))
+                          rng=_rng(seed, _CF_KEY, p.id), config=cfg, start_phases=start_phases)
     except Exception as exc:  # noqa: BLE001 (listed as skipped; the run goes on)
         return {"id": p.id, "error": _short(exc)}
     r, mpe = _score(p, hkl, np.stack([res.phase_polished, res.phase_raw, res.phase_sym]))
     return {**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0]), "r_raw": float(r[1]),
             "mpe_raw": float(mpe[1]), "r_sym": float(r[2]), "converged": bool(res.converged),
-            "cf_cycles": int(res.cycles), "r_cf": float(res.r_cf)}
+            "cf_cycles": int(res.cycles), "cf_cycles_run": int(res.cycles_run), "r_cf": float(res.r_cf),
+            "origin_margin": float(res.origin_margin) if np.isfinite(res.origin_margin) else None}
 
 
-def _charge_flipping(prepared: list[Prepared], seed: int, workers: int, tick: Callable[[], None]) -> list[dict]:
-    tasks = [(p, seed) for p in prepared]
+def _cf_task(args: tuple[Prepared, int, CFConfig | None]) -> dict[str, Any]:
+    """Top level, so worker processes can run it."""
+    p, seed, cfg = args
+    return _cf_row(p, phai_hkl(), seed, cfg)
+
+
+def _charge_flipping(prepared: list[Prepared], seed: int, workers: int, cfg: CFConfig | None,
+                     tick: Callable[[], None]) -> list[dict]:
+    tasks = [(p, seed, cfg) for p in prepared]
     if workers <= 1 or len(tasks) <= 1:
         out = []
         for t in tasks:
@@ -229,23 +217,14 @@ def _charge_flipping(prepared: list[Prepared], seed: int, workers: int, tick: Ca
 
 
 def _model_cf_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg: Any, seed: int,
-                   tick: Callable[[], None]) -> list[dict]:
+                   cf_config: CFConfig | None, tick: Callable[[], None]) -> list[dict]:
     """Charge flipping started from the network: one attempt per scan start, from its best run by the FOM."""
     rows = []
     inputs = [ScanInput(p.id, p.amp, p.observed) for p in prepared]
     for p, res in zip(prepared, scan(model, hkl, inputs, scan_cfg)):
         fom = getattr(res, scan_cfg.fom)
         starts = np.radians(res.phase_deg[np.arange(len(fom)), np.argmax(fom, axis=1)].astype(np.float64))
-        try:
-            cf = charge_flip(p.cell6, hkl, p.amp, p.observed, space_group=STANDARD_SETTING,
-                             rng=_rng(seed, _CF_KEY, p.id), start_phases=starts)
-        except Exception as exc:  # noqa: BLE001 (listed as skipped; the run goes on)
-            rows.append({"id": p.id, "error": _short(exc)})
-            continue
-        r, mpe = _score(p, hkl, np.stack([cf.phase_polished, cf.phase_raw, cf.phase_sym]))
-        rows.append({**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0]), "r_raw": float(r[1]),
-                     "mpe_raw": float(mpe[1]), "r_sym": float(r[2]), "converged": bool(cf.converged),
-                     "cf_cycles": int(cf.cycles), "r_cf": float(cf.r_cf)})
+        rows.append(_cf_row(p, hkl, seed, cf_config, start_phases=starts))
         tick()
     return rows
 
@@ -277,18 +256,16 @@ def _model_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg:
 
 
 def evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, seed: int = 0, workers: int = 1,
-             model: Any = None, scan_cfg: Any = None,
+             model: Any = None, scan_cfg: Any = None, cf_config: CFConfig | None = None,
              progress: Any = None) -> tuple[list[dict], list[dict[str, str]], float]:
     """`_evaluate`; on measured amplitudes (`Prepared.amp_calc` set) also on the calculated ones, as r_calc."""
     prepared = list(prepared)
     rows, failed, seconds = _evaluate(method, prepared, hkl, seed=seed, workers=workers, model=model,
-                                      scan_cfg=scan_cfg, progress=progress)
+                                      scan_cfg=scan_cfg, cf_config=cf_config, progress=progress)
     if not prepared or prepared[0].amp_calc is None:
         return rows, failed, seconds
-    from evaluation.measured import calculated_twins
-
     calc, _, _ = _evaluate(method, calculated_twins(prepared), hkl, seed=seed, workers=workers, model=model,
-                           scan_cfg=scan_cfg)
+                           scan_cfg=scan_cfg, cf_config=cf_config)
     by_id, extra = {r["id"]: r for r in calc}, {p.id: p.completeness for p in prepared}
     for row in rows:
         c = by_id.get(row["id"], {})
@@ -297,7 +274,7 @@ def evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, seed
 
 
 def _evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, seed: int = 0, workers: int = 1,
-              model: Any = None, scan_cfg: Any = None,
+              model: Any = None, scan_cfg: Any = None, cf_config: CFConfig | None = None,
               progress: Any = None) -> tuple[list[dict], list[dict[str, str]], float]:
     """Run a method over prepared structures.
 
@@ -309,6 +286,7 @@ def _evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, see
         workers: processes for charge flipping.
         model: a PhAINet in eval mode (method "model").
         scan_cfg: `evaluation.recycle.ScanConfig` (method "model").
+        cf_config: `CFConfig` for charge flipping (None: its defaults).
         progress: optional tqdm-like object, `update(1)` per structure.
 
     Returns:
@@ -333,9 +311,9 @@ def _evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, see
     elif method == "model+cf":
         if model is None or scan_cfg is None:
             raise ValueError("method 'model+cf' needs a model and a scan config")
-        rows = _model_cf_rows(prepared, hkl, model, scan_cfg, seed, tick)
+        rows = _model_cf_rows(prepared, hkl, model, scan_cfg, seed, cf_config, tick)
     elif method == "charge-flipping":
-        rows = _charge_flipping(prepared, seed, workers, tick)
+        rows = _charge_flipping(prepared, seed, workers, cf_config, tick)
     else:
         rows = []
         for p in prepared:

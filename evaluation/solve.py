@@ -1,7 +1,7 @@
 """Phasing a crystallographer's reduced data: charge flipping, the network, the network + CF, or all of them.
 
 Methods (each returns phases on the merged reflections, in the input's own setting):
-  * ``charge-flipping``: `evaluation.baselines.charge_flip` on every measured, not absent reflection, in the
+  * ``charge-flipping``: `evaluation.charge_flipping.charge_flip` on every measured, not absent reflection, in the
     phasing frame (P 1 21/c 1 for space group 14, the input's setting otherwise; the group must contain the
     inversion at the origin). Figure of merit: the final R_CF (lowest wins).
   * ``model``: the recycling scan of `evaluation.recycle` on the network's reflection list (|h| ≤ 10 in
@@ -26,7 +26,7 @@ import gemmi
 import numpy as np
 
 from builder.symmetry import SymOps, space_group_ops
-from evaluation.baselines import charge_flip
+from evaluation.charge_flipping import charge_flip
 from evaluation.maps import e_values, phased_map, skewness
 from evaluation.metrics import ORIGIN_SHIFTS, phase_r
 from evaluation.recycle import ScanConfig, ScanInput, pick_runs, scan

@@ -1,4 +1,4 @@
-"""Charge flipping (evaluation.baselines) solves small generated P2₁/c structures at 1.0 Å with complete data."""
+"""Charge flipping (evaluation.charge_flipping) solves small generated structures at 1.0 Å with complete data."""
 from __future__ import annotations
 
 import time
@@ -10,7 +10,9 @@ import pytest
 from builder.reflections import d_spacing, phai_hkl, systematic_absences
 from builder.sf import amplitudes_phases, sf_plan, structure_factors
 from builder.symmetry import space_group_ops
-from evaluation.baselines import charge_flip, origin_search, random_signs, symmetrise, true_phases
+from evaluation.baselines import random_signs, true_phases
+from evaluation.charge_flipping import CFConfig, charge_flip
+from evaluation.origin import origin_search, symmetrise
 from evaluation.metrics import SOLVED_R, phase_r
 
 SG = "P 1 21/c 1"
@@ -20,16 +22,26 @@ _Z = {"C": 6, "N": 7, "O": 8, "S": 16, "Cl": 17}
 def random_p21c(rng: np.random.Generator, n_light: int = 10, heavy: str = "S", min_dist: float = 1.2):
     """A small random P2₁/c structure: cell ~7×8×9 Å, β ~100°, one S/Cl plus C/N/O atoms on general positions.
 
-    Atoms are placed one at a time at uniform random fractional positions and rejected when closer than
-    `min_dist` to any symmetry image (all 4 operations, 27 neighbouring cells) of an atom already placed or
-    to one of their own images (which also keeps them off the inversion centres).
-
     Returns:
         (cell6, frac (N, 3), z (N,), occ (N,), uiso (N,)) of the asymmetric unit.
     """
     cell6 = np.array([rng.uniform(6.5, 7.5), rng.uniform(7.5, 8.5), rng.uniform(8.5, 9.5),
                       90.0, rng.uniform(95.0, 105.0), 90.0])
-    ops = space_group_ops(SG)
+    return (cell6,) + random_atoms(rng, SG, cell6, n_light, heavy, min_dist)
+
+
+def random_atoms(rng: np.random.Generator, space_group: str, cell6: np.ndarray, n_light: int = 10,
+                 heavy: str = "S", min_dist: float = 1.2):
+    """One heavy atom plus C/N/O atoms on general positions of `space_group`.
+
+    Atoms are placed one at a time at uniform random fractional positions and rejected when closer than
+    `min_dist` to any symmetry image (all operations, 27 neighbouring cells) of an atom already placed or
+    to one of their own images (which also keeps them off special positions).
+
+    Returns:
+        (frac (N, 3), z (N,), occ (N,), uiso (N,)) of the asymmetric unit.
+    """
+    ops = space_group_ops(space_group)
     orth = np.array(gemmi.UnitCell(*cell6).orth.mat.tolist())
     lattice = np.array(list(np.ndindex(3, 3, 3))) - 1
     not_identity = ~(np.all(np.isclose(ops.rot, np.eye(3)), axis=(1, 2)) & np.all(ops.tran == 0, axis=1))
@@ -49,7 +61,7 @@ def random_p21c(rng: np.random.Generator, n_light: int = 10, heavy: str = "S", m
         frac.append(x)
         images = np.concatenate([images, own])
     z = np.array([_Z[e] for e in elements])
-    return cell6, np.array(frac), z, np.ones(len(z)), rng.uniform(0.015, 0.035, len(z))
+    return np.array(frac), z, np.ones(len(z)), rng.uniform(0.015, 0.035, len(z))
 
 
 def make_data(seed: int, d_min: float = 1.0):
@@ -101,9 +113,9 @@ def test_charge_flipping_solves_small_p21c(seed):
 
 def test_charge_flipping_is_deterministic():
     cell6, hkl, amp, _, mask = make_data(3)
-    kw = dict(n_attempts=2, max_cycles=60, lde_cycles=2)
-    a = charge_flip(cell6, hkl, amp, mask, rng=np.random.default_rng(5), **kw)
-    b = charge_flip(cell6, hkl, amp, mask, rng=np.random.default_rng(5), **kw)
+    cfg = CFConfig(n_attempts=2, max_cycles=60, lde_cycles=2)
+    a = charge_flip(cell6, hkl, amp, mask, rng=np.random.default_rng(5), config=cfg)
+    b = charge_flip(cell6, hkl, amp, mask, rng=np.random.default_rng(5), config=cfg)
     np.testing.assert_array_equal(a.phase_polished, b.phase_polished)
     np.testing.assert_array_equal(a.phase_p1, b.phase_p1)
     np.testing.assert_array_equal(a.r_cf_history, b.r_cf_history)
@@ -153,11 +165,13 @@ def test_bad_input():
     with pytest.raises(ValueError):
         charge_flip(cell6[:5], hkl, amp, mask, rng=rng)
     with pytest.raises(ValueError):
-        charge_flip(cell6, hkl, amp, mask, space_group="P 1 21 1", rng=rng)  # not centrosymmetric
+        charge_flip(cell6, hkl, amp, mask, space_group="P 99 q", rng=rng)  # not a space group
     with pytest.raises(ValueError):
         charge_flip(cell6, hkl, amp, np.zeros_like(mask), rng=rng)
+    with pytest.raises(ValueError, match="f000"):
+        CFConfig(f000="half")
     with pytest.raises(ValueError):
-        charge_flip(cell6, hkl, amp, mask, rng=rng, f000="half")
+        charge_flip(cell6, hkl, amp, mask, rng=rng, config={"max_cycles": 10})
     with pytest.raises(ValueError):
         random_signs(amp, rng=0)
 

