@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from manifests.errors import fail
+from manifests.errors import fail, os_error_line
 from manifests.schema import ManifestError, write_json_atomic
 from training.data import VERIFY_LEVELS
 from training.model import PRESETS
@@ -131,4 +131,6 @@ def main(argv: list[str] | None = None) -> None:
         fail(exc.format_message())
     except (ValueError, ManifestError) as exc:
         fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only or unwritable --out, an --out below a file
+        fail(os_error_line(exc))
     sys.exit(rv if isinstance(rv, int) else 0)
