@@ -34,8 +34,8 @@ __all__ = ["GZIP_LEVEL", "HDF5_GZIP_LEVEL", "write_tar", "write_hdf5", "write_sh
            "unpack",
            "guess_container", "read_samples", "npy_bytes", "meta_bytes"]
 
-GZIP_LEVEL = 6        # fixed: the level is part of the bytes (benchmarks/bench_storage.py: 6 is 2% larger than 9
-                      # at 1/14 of its time, and 8% smaller than 1)
+GZIP_LEVEL = 6        # fixed: the level is part of the bytes (benchmarks/results/storage.json: 6 is 2% larger than 9
+                      # at 1/7 of its time, and 8% smaller than 1)
 HDF5_GZIP_LEVEL = 4   # h5py's default gzip level, after the byte-shuffle filter
 _ROOM_MARGIN = 1 << 16  # bytes beyond an HDF5 shard's in-memory image (file-system blocks, HDF5's own layout)
 
