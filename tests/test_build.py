@@ -56,14 +56,17 @@ def test_sample_is_independent_of_shard_size(tmp_path):
         assert recs["a"][k]["amplitude"].tobytes() == recs["b"][k]["amplitude"].tobytes()
 
 
-def test_range_builds_and_finalize_equal_one_build(tmp_path):
-    shards_cmd(tmp_path / "one")
+@pytest.mark.parametrize("compress", ["none", "gz"])
+def test_range_builds_and_finalize_equal_one_build(tmp_path, compress):
+    shards_cmd(tmp_path / "one", "--compress", compress)
     for rng in ("2:4", "0:2"):  # out of order, as cluster tasks finish
-        res = shards_cmd(tmp_path / "many", "--shards", rng)
+        res = shards_cmd(tmp_path / "many", "--shards", rng, "--compress", compress)
         assert res.exit_code == 0 and "manifest.part-" in res.output
     assert not (tmp_path / "many" / "manifest.json").exists()
     assert run("finalize", tmp_path / "many").exit_code == 0
     assert digest(tmp_path / "one") == digest(tmp_path / "many")
+    res = run("verify", tmp_path / "many", "--deep", "6")
+    assert res.exit_code == 0 and "6 samples regenerated identically" in res.output
 
 
 def test_finalize_names_missing_shards(tmp_path):
@@ -72,20 +75,22 @@ def test_finalize_names_missing_shards(tmp_path):
     assert res.exit_code == 2 and "2:4" in res.output
 
 
-def test_resume_rebuilds_only_what_is_bad(tmp_path):
+@pytest.mark.parametrize("compress, ext", [("none", "tar"), ("gz", "tar.gz")])
+def test_resume_rebuilds_only_what_is_bad(tmp_path, compress, ext):
     out = tmp_path / "r"
-    shards_cmd(out)
+    shards_cmd(out, "--compress", compress)
     reference = digest(out)
     (out / "manifest.json").unlink()
-    (out / "shard-000001.tar").unlink()
-    with open(out / "shard-000002.tar", "r+b") as fh:  # corrupt a kept shard: it must be rebuilt
+    (out / f"shard-000001.{ext}").unlink()
+    with open(out / f"shard-000002.{ext}", "r+b") as fh:  # corrupt a kept shard: it must be rebuilt
         fh.seek(700)
         fh.write(b"\x00\xff")
-    (out / ".shard-000003.tar.partial-999").write_bytes(b"half a shard")  # debris of a killed writer
-    mtime0 = (out / "shard-000000.tar").stat().st_mtime_ns
-    assert shards_cmd(out).exit_code == 0
+    (out / f".shard-000003.{ext}.partial-999").write_bytes(b"half a shard")  # debris of a killed writer
+    mtime0 = (out / f"shard-000000.{ext}").stat().st_mtime_ns
+    res = shards_cmd(out, "--compress", compress)
+    assert res.exit_code == 0 and "(2 shards built, 2 kept)" in res.output
     assert digest(out) == reference
-    assert (out / "shard-000000.tar").stat().st_mtime_ns == mtime0  # a good shard is kept, not rewritten
+    assert (out / f"shard-000000.{ext}").stat().st_mtime_ns == mtime0  # a good shard is kept, not rewritten
     assert not list(out.glob(".*.partial-*"))
 
 

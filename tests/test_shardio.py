@@ -168,3 +168,32 @@ def test_loader_gives_the_same_batches_from_compressed_and_plain_shards(sets):
     for kind in (("tar", "gz"), ("hdf5", "gz")):
         for a, b in zip(batches[("tar", None)], batches[kind]):
             assert all(torch.equal(a[f], b[f]) for f in ("key", "amplitude", "phase", "observed"))
+
+
+# sha256 of a 12-sample build (explicit element table, so no stats file is involved; seed 3, shards of 6) as
+# phaseforge 0.1.0 wrote it before the typed manifest and compression existed: plain builds must keep these
+# bytes. A deliberate change of the samples or of the header (a new strategy field) updates them here.
+GOLDEN = {
+    "tar": {"shard-000000.tar": "7a1e7e35e2c7e0008ed48a1fc3031923432313aaf13f4fd344a3660e85fba760",
+            "shard-000001.tar": "9fdeee81e435c0826b0377595b4c5354c2936109881bafca962688cfba504c0e",
+            MANIFEST: "578b8258858c5e10b5daf525c586c2af08f072a8830e7ff43ae99e4dc40f07b6"},
+    "hdf5": {"shard-000000.h5": "fac719ea59bc6b242673b7c8a68b94327d24f9c948b88463b3da79c3f961957a",
+             "shard-000001.h5": "87c305b8b93dfe1324b7328d9e55ce694d55b9d7ee6e43bdc71aca625b1c95ef",
+             MANIFEST: "66cab9ae1e2b9b4f655de8aefb5b1bc179bf0ccef46823d817d79dddf0f9de28"},
+}
+
+
+@pytest.mark.parametrize("fmt", ["tar", "hdf5"])
+def test_plain_builds_keep_their_golden_bytes(tmp_path, fmt):
+    from builder.cell import CellConfig
+    from builder.fill import FillConfig
+    from builder.strategy import Strategy
+    strat = Strategy(name="golden-molecules", cell=CellConfig(), fill=FillConfig(
+        filler="molecules", elements_general=(("C", 0.7), ("N", 0.1), ("O", 0.15), ("Cl", 0.05)),
+        elements_special=(("C", 0.5), ("Fe", 0.5))))
+    out = tmp_path / fmt
+    build(out, make_header(strat, 12, 6, fmt, 3), progress=False)
+    golden = dict(GOLDEN[fmt])
+    if json.loads((out / MANIFEST).read_text())["package_version"] != "0.1.0":
+        golden.pop(MANIFEST)  # the manifest records the version; the shards must not change with it
+    assert {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in golden} == golden
