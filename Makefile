@@ -65,6 +65,7 @@ test: setup
 bench: setup
 	$(PY) -m benchmarks.bench_builder
 	$(PY) -m benchmarks.bench_loader
+	$(PY) -m benchmarks.bench_storage
 	$(PY) -m benchmarks.bench_eval --threads 1
 
 clean:

@@ -1,73 +1,82 @@
-"""Shard builds: one shard = one pure job; resumable; cluster ranges merged by `finalize`.
+"""Shard builds: one shard = one pure job; resumable; concurrent builders cooperate; ranges merged by `finalize`.
 
 Layout of an output directory:
-  shard-000000.tar ...           final shards (written to a temporary name, then renamed)
-  .entries/shard-000000.json     each finished shard's manifest entry (size, sha256): how a rerun resumes
-  .build.json                    the build header: a rerun with another configuration is refused
-  manifest.part-A-B.json         a range build's part-manifest (`--shards A:B`)
-  manifest.json                  written last: the full manifest
+  shard-000000.tar ...              final shards (.tar, .tar.gz or .h5; written to a temporary name, then renamed)
+  .entries/shard-000000.tar.json    each finished shard's manifest entry (size, sha256): how a rerun resumes
+  .build.json                       the build header: a build of another configuration is refused
+  .locks/                           claims: the directory (header check) and each shard while it is written
+  manifest.part-A-B.json            a range build's part-manifest (`--shards A:B`)
+  manifest.json                     written last: the full manifest
+
+Any number of processes, on one host or on hosts that share the filesystem, may run the same command (or
+ranges of it) into one directory at once: each shard is written by whoever claims it first, the others skip
+it and, before writing their manifest, wait for that claim and take the finished entry (or build the shard
+themselves when its writer died). Every process ends with the manifest a single build writes.
 """
 from __future__ import annotations
 
 import functools
 import json
 import multiprocessing as mp
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from builder.capacity import check_capacity, sample_cost
 from builder.reflections import PHAI_SET, hkl_hash, phai_hkl
 from builder.sample import generate_sample
 from builder.strategy import Strategy, canonical_json
+from manifests.locks import Claim, remove_debris
 from manifests.schema import (
+    COMPRESSIONS,
     MANIFEST_NAME,
     MANIFEST_VERSION,
-    assemble,
-    header_of,
+    Manifest,
+    ShardEntry,
+    ShardError,
+    dumps,
     load_manifest,
     member_schema,
     package_version,
     sha256_file,
-    shard_name,
     verify_dir,
     write_json_atomic,
 )
-from manifests.shardio import read_shard, write_shard
+from manifests.shardio import read_samples, write_shard
 
-__all__ = ["make_header", "n_shards", "parse_range", "build", "build_shard", "finalize", "deep_check",
-           "package_version"]
+__all__ = ["make_header", "parse_range", "samples_of", "build", "build_shard", "BuildReport", "finalize",
+           "deep_check", "DeepCheck"]
 
 _HEADER_FILE = ".build.json"
 _ENTRIES = ".entries"
+_PROBE = 8  # samples generated up front to measure memory and disk per sample
 
 
 def make_header(strategy: Strategy, count: int, shard_size: int, fmt: str, seed: int,
-                with_reflections: bool = True) -> dict:
-    if count <= 0:
-        raise ValueError(f"--count must be positive, got {count}")
-    if shard_size <= 0:
-        raise ValueError(f"--shard-size must be positive, got {shard_size}")
-    if seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer, got {seed}")
+                with_reflections: bool = True, compression: str | None = None) -> Manifest:
+    """The manifest header (no shards yet) of a build; ValueError for values that cannot make one."""
+    for name, value, low in (("--count", count, 1), ("--shard-size", shard_size, 1), ("--seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    if compression not in COMPRESSIONS.get(fmt, (None,)):
+        raise ValueError(f"--compress {compression} is not available for --format {fmt} "
+                         f"(choose from {', '.join(c for c in COMPRESSIONS[fmt] if c)})")
     hkl = phai_hkl()
     refl = {"name": PHAI_SET, "max_index": 10, "count": int(len(hkl)), "hkl_sha256": hkl_hash(hkl)}
-    return {
-        "version": MANIFEST_VERSION,
-        "package_version": package_version(),
-        "format": fmt,
-        "strategy": strategy.to_dict(),
-        "strategy_id": f"{strategy.strategy_id:016x}",
-        "root_seed": int(seed),
-        "count": int(count),
-        "shard_size": int(shard_size),
-        "reflections": refl if with_reflections else None,
-        "schema": member_schema(with_reflections),
-    }
-
-
-def n_shards(header: dict) -> int:
-    return -(-header["count"] // header["shard_size"])
+    header = Manifest(
+        version=MANIFEST_VERSION, package_version=package_version(), format=fmt, strategy=strategy.to_dict(),
+        strategy_id=f"{strategy.strategy_id:016x}", root_seed=int(seed), count=int(count),
+        shard_size=int(shard_size), reflections=refl if with_reflections else None,
+        schema=member_schema(with_reflections), compression=compression)
+    try:
+        dumps(header.header(), allow_nan=False)
+    except ValueError:
+        raise ValueError(f"strategy {strategy.name} holds NaN or infinity, which a manifest cannot record: "
+                         "give finite values") from None
+    return header
 
 
 def parse_range(text: str | None, total: int) -> tuple[int, int]:
@@ -89,110 +98,209 @@ def _strategy(strategy_json: str) -> Strategy:
     return Strategy.from_dict(json.loads(strategy_json))
 
 
-def shard_samples(header: dict, shard: int) -> list[dict]:
-    strat = _strategy(canonical_json(header["strategy"]))
-    first = shard * header["shard_size"]
-    last = min(first + header["shard_size"], header["count"])
-    refl = header["reflections"] is not None
-    return [generate_sample(strat, header["root_seed"], i, with_reflections=refl) for i in range(first, last)]
+def samples_of(header: Manifest, indices) -> list[dict]:
+    strat = _strategy(canonical_json(header.strategy))
+    refl = not header.structures_only
+    return [generate_sample(strat, header.root_seed, i, with_reflections=refl) for i in indices]
 
 
-def build_shard(header: dict, shard: int, out: Path) -> dict:
+def build_shard(header: Manifest, shard: int, out: Path) -> ShardEntry:
     """Generate and write shard `shard`; return its manifest entry. A pure function of (header, shard)."""
-    samples = shard_samples(header, shard)
-    name = shard_name(shard, header["format"])
-    write_shard(out / name, samples, header["format"])
-    entry = {"file": name, "first_index": shard * header["shard_size"], "count": len(samples),
-             "bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
-    write_json_atomic(out / _ENTRIES / f"{name}.json", entry)
+    samples = samples_of(header, header.shard_range(shard))
+    name = header.shard_name(shard)
+    raw = write_shard(out / name, samples, header.format, header.compression) or (None, None)
+    entry = ShardEntry(file=name, first_index=header.shard_range(shard).start, count=len(samples),
+                       bytes=(out / name).stat().st_size, sha256=sha256_file(out / name),
+                       raw_bytes=raw[0], raw_sha256=raw[1])
+    write_json_atomic(out / _ENTRIES / f"{name}.json", entry.to_dict(), allow_nan=False)
     return entry
 
 
-def _job(args: tuple[dict, int, str]) -> dict:
-    header, shard, out = args
-    return build_shard(header, shard, Path(out))
-
-
-def _kept_entry(out: Path, header: dict, shard: int) -> dict | None:
-    """The recorded entry of a finished shard whose file still checks; None means rebuild it."""
-    name = shard_name(shard, header["format"])
+def _kept_entry(out: Path, header: Manifest, shard: int) -> ShardEntry | None:
+    """The recorded entry of a finished shard whose file still checks; None means (re)build it."""
+    name = header.shard_name(shard)
     rec, f = out / _ENTRIES / f"{name}.json", out / name
     if not (rec.is_file() and f.is_file()):
         return None
     try:
-        entry = json.loads(rec.read_text())
-    except ValueError:
+        entry = ShardEntry.from_dict(json.loads(rec.read_text()), rec)
+    except (ValueError, TypeError):
         return None
-    if f.stat().st_size == entry.get("bytes") and sha256_file(f) == entry.get("sha256"):
+    if entry.file == name and f.stat().st_size == entry.bytes and sha256_file(f) == entry.sha256:
         return entry
     return None
 
 
-def _remove_debris(out: Path, name: str) -> None:
-    """Temporary files a killed writer of this shard left; only this range's shards, so concurrent range builds
-    into one directory never touch each other's files."""
-    for debris in [*out.glob(f".{name}.partial-*"), *(out / _ENTRIES).glob(f".{name}.json.partial-*")]:
-        debris.unlink(missing_ok=True)
+def _build_claimed(header: Manifest, shard: int, out: Path) -> tuple[int, ShardEntry, str]:
+    """With the shard's claim held: keep it if it checks, else clear dead writers' debris and build it."""
+    entry = _kept_entry(out, header, shard)  # another process may have finished it since we looked
+    if entry is not None:
+        return shard, entry, "kept"
+    name = header.shard_name(shard)
+    remove_debris(out, f".{name}.partial-*", claimed=True)
+    remove_debris(out / _ENTRIES, f".{name}.json.partial-*", claimed=True)
+    return shard, build_shard(header, shard, out), "built"
 
 
-def _claim(out: Path, header: dict) -> None:
-    """Record the build header, or refuse when DIR holds a build of another configuration."""
+def _job(args: tuple[Manifest, int, str]) -> tuple[int, ShardEntry | None, str]:
+    """Keep, build, or (claimed by another process) report "busy"."""
+    header, shard, out = args
+    out = Path(out)
+    entry = _kept_entry(out, header, shard)
+    if entry is not None:
+        return shard, entry, "kept"
+    claim = Claim(out, header.shard_name(shard))
+    if not claim.try_acquire():
+        return shard, None, "busy"
+    try:
+        return _build_claimed(header, shard, out)
+    finally:
+        claim.release()
+
+
+def _wait_for(header: Manifest, shard: int, out: Path, bar) -> tuple[int, ShardEntry, str]:
+    """A shard another process claimed: wait for its claim, then take its entry (or build it if it died)."""
+    claim = Claim(out, header.shard_name(shard))
+    if not claim.try_acquire():
+        bar.set_postfix_str(f"waiting for shard {shard} ({claim.holder()})")
+        claim.acquire()
+    try:
+        s, entry, status = _build_claimed(header, shard, out)
+        return s, entry, "waited" if status == "kept" else status
+    finally:
+        claim.release()
+
+
+def _claim_directory(out: Path, header: Manifest) -> None:
+    """Record the build header, or refuse when `out` holds a build of another configuration. Under the
+    directory's claim, so two builds started together cannot both record theirs."""
     out.mkdir(parents=True, exist_ok=True)
     (out / _ENTRIES).mkdir(exist_ok=True)
-    hf = out / _HEADER_FILE
-    existing = None
-    if hf.is_file():
-        existing = json.loads(hf.read_text())
-    elif (out / MANIFEST_NAME).is_file():
-        existing = header_of(json.loads((out / MANIFEST_NAME).read_text()))
-    elif any(out.glob("shard-*")):
+    with Claim(out, "directory"):
+        remove_debris(out, ".*.partial-*")  # temporary files of dead writers on this host
+        existing = _recorded_header(out)
+        want = header.header()
+        if existing is not None and existing != want:
+            diff = sorted(k for k in set(existing) | set(want) if existing.get(k) != want.get(k))
+            raise ValueError(f"{out} holds a build of another configuration (differs in {', '.join(diff)}); "
+                             "choose another --out, or delete that directory to rebuild it")
+        if existing is None:
+            write_json_atomic(out / _HEADER_FILE, want, allow_nan=False)
+
+
+def _recorded_header(out: Path) -> dict | None:
+    for f in (out / _HEADER_FILE, out / MANIFEST_NAME):
+        if f.is_file():
+            try:
+                return Manifest.from_dict(json.loads(f.read_text()), f, header_only=True).header()
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{f} is unreadable ({exc}); choose another --out, or delete that directory "
+                                 "to rebuild it") from None
+    if any(out.glob("shard-*")):
         raise ValueError(f"{out} holds shards of an unknown build; choose another --out or empty it")
-    if existing is not None and existing != header:
-        diff = sorted(k for k in set(existing) | set(header) if existing.get(k) != header.get(k))
-        raise ValueError(f"{out} holds a build of another configuration (differs in {', '.join(diff)}); "
-                         "choose another --out, or delete that directory to rebuild it")
-    if existing is None:
-        write_json_atomic(hf, header)
+    return None
 
 
-def build(out: str | Path, header: dict, shard_range: tuple[int, int] | None = None, workers: int = 1,
-          progress: bool = True) -> Path:
-    """Build shards [A, B) (all by default) into `out`; resume what a killed run left. Returns the manifest
-    path written: manifest.json for a whole build, manifest.part-A-B.json for a range."""
+@dataclass(frozen=True)
+class BuildReport:
+    path: Path     # the manifest written: manifest.json, or manifest.part-A-B.json for a range
+    built: int     # shards this process wrote
+    kept: int      # shards found finished (a resumed build)
+    waited: int    # shards another process was writing, taken when it finished
+
+    def summary(self) -> str:
+        by_others = f", {self.waited} written by another process" if self.waited else ""
+        return f"wrote {self.path} ({self.built} shards built, {self.kept} kept{by_others})"
+
+
+def _run_jobs(jobs: list, workers: int):
+    """Results of `_job` over `jobs`, in a pool when workers > 1. After a failure (a full disk, say) no new
+    shard starts; the shards in flight finish or fail by themselves (so their writers remove their temporary
+    files), the pool closes normally, and the first error is raised. (Terminating a pool mid-task leaves
+    debris and, measured on CPython 3.11, can deadlock.)"""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(_job, jobs)
+        return
+    n = min(workers, len(jobs))
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+    pool = ctx.Pool(n)
+    pending, todo, failure, clean = deque(), iter(jobs), None, False
+    try:
+        while True:
+            while failure is None and len(pending) < 2 * n and (job := next(todo, None)) is not None:
+                pending.append(pool.apply_async(_job, (job,)))
+            if not pending:
+                break
+            try:
+                result = pending.popleft().get()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once the pool is idle
+                failure = failure or exc
+                continue
+            if failure is None:
+                yield result
+        clean = True
+    finally:
+        if clean:
+            pool.close()
+            pool.join()
+        else:  # the consumer stopped (an interrupt): nothing more to wait for
+            pool.terminate()
+    if failure is not None:
+        raise failure
+
+
+def _clean_debris(out: Path) -> None:
+    """Remove the temporary files of shards nobody holds: at the end of a build (debris beside shards that were
+    kept), and after an error or an interrupt (pool workers terminated mid-write cannot remove their own)."""
+    for debris in sorted(out.glob(".shard-*.partial-*")):
+        name = debris.name[1:].rsplit(".partial-", 1)[0]
+        claim = Claim(out, name)
+        if claim.try_acquire():
+            try:
+                remove_debris(out, f".{name}.partial-*", claimed=True)
+                remove_debris(out / _ENTRIES, f".{name}.json.partial-*", claimed=True)
+            finally:
+                claim.release()
+
+
+def build(out: str | Path, header: Manifest, shard_range: tuple[int, int] | None = None, workers: int = 1,
+          progress: bool = True) -> BuildReport:
+    """Build shards [A, B) (all by default) into `out`; resume what a killed run left; cooperate with other
+    processes building into `out`. Refuses (ValueError) what cannot fit before anything is written."""
     out = Path(out)
-    total = n_shards(header)
-    a, b = shard_range or (0, total)
-    _claim(out, header)
-    entries, todo = {}, []
-    for s in range(a, b):
-        _remove_debris(out, shard_name(s, header["format"]))
-        e = _kept_entry(out, header, s)
-        if e is None:
-            todo.append(s)
-        else:
-            entries[s] = e
-    bar = tqdm(total=b - a, initial=len(entries), unit="shard", disable=not progress,
-               desc=f"{header['strategy']['name']} {a}:{b}")
-    jobs = [(header, s, str(out)) for s in todo]
-    if workers > 1 and len(jobs) > 1:
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-        with ctx.Pool(min(workers, len(jobs))) as pool:
-            for e in pool.imap_unordered(_job, jobs):
-                entries[e["first_index"] // header["shard_size"]] = e
-                bar.update()
-    else:
-        for job in jobs:
-            e = _job(job)
-            entries[e["first_index"] // header["shard_size"]] = e
-            bar.update()
-    bar.close()
-    manifest = assemble(header, list(entries.values()))
-    if (a, b) == (0, total):
-        path = out / MANIFEST_NAME
-    else:
-        path = out / f"manifest.part-{a:06d}-{b:06d}.json"
-    write_json_atomic(path, manifest)
-    return path
+    a, b = shard_range or (0, header.n_shards)
+    if workers < 1:
+        raise ValueError(f"--workers must be ≥ 1, got {workers}")
+    first = header.shard_range(a)
+    check_capacity(header, out, a, b, workers, sample_cost(header, samples_of(header, first[:_PROBE])),
+                   _ENTRIES)
+    _claim_directory(out, header)
+    entries: dict[int, ShardEntry] = {}
+    counts = {"built": 0, "kept": 0, "waited": 0}
+    n_samples = len(range(first.start, min(b * header.shard_size, header.count)))
+    bar = tqdm(total=n_samples, unit="sample", unit_scale=n_samples >= 100_000, disable=not progress,
+               desc=f"{header.strategy['name']} {a}:{b}")
+    try:
+        busy = []
+        for s, e, status in _run_jobs([(header, s, str(out)) for s in range(a, b)], workers):
+            if status == "busy":
+                busy.append(s)
+                continue
+            entries[s], counts[status] = e, counts[status] + 1
+            bar.update(e.count)
+        for s in sorted(busy):
+            _, e, status = _wait_for(header, s, out, bar)
+            entries[s], counts[status] = e, counts[status] + 1
+            bar.update(e.count)
+    except BaseException:
+        _clean_debris(out)
+        raise
+    finally:
+        bar.close()
+    _clean_debris(out)
+    path = out / (MANIFEST_NAME if (a, b) == (0, header.n_shards) else f"manifest.part-{a:06d}-{b:06d}.json")
+    write_json_atomic(path, header.with_shards(entries.values()).to_dict(), allow_nan=False)
+    return BuildReport(path=path, **counts)
 
 
 def finalize(out: str | Path) -> Path:
@@ -201,23 +309,25 @@ def finalize(out: str | Path) -> Path:
     parts = sorted(out.glob("manifest.part-*.json"))
     if not parts:
         raise ValueError(f"{out} has no manifest.part-*.json: build ranges with `phaseforge-build shards --shards A:B`")
-    docs = [json.loads(p.read_text()) for p in parts]
-    header = header_of(docs[0])
+    docs = []
+    for p in parts:
+        try:
+            docs.append(Manifest.from_dict(json.loads(p.read_text()), p))
+        except ValueError as exc:
+            raise ValueError(f"{p.name} is unreadable ({exc}); rerun the range build that wrote it") from None
+    header = docs[0].with_shards(())
     for p, d in zip(parts, docs):
-        if header_of(d) != header:
+        if d.header() != header.header():
             raise ValueError(f"{p.name} comes from another configuration than {parts[0].name}; remove the stray part")
-    by_shard: dict[int, dict] = {}
-    for d in docs:
-        for e in d["shards"]:
-            by_shard[e["first_index"] // header["shard_size"]] = e
-    missing = [s for s in range(n_shards(header)) if s not in by_shard]
+    by_shard = {header.index_of(e): e for d in docs for e in d.shards}
+    missing = [s for s in range(header.n_shards) if s not in by_shard]
     if missing:
         raise ValueError(f"{out}: shards {_ranges(missing)} are not built yet; run them with --shards, then finalize")
-    manifest = assemble(header, list(by_shard.values()))
+    manifest = header.with_shards(by_shard.values())
     problems = verify_dir(manifest, out)
     if problems:
         raise ValueError(f"{out}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    write_json_atomic(out / MANIFEST_NAME, manifest)
+    write_json_atomic(out / MANIFEST_NAME, manifest.to_dict(), allow_nan=False)
     return out / MANIFEST_NAME
 
 
@@ -230,29 +340,47 @@ def _ranges(ids: list[int]) -> str:
     return ", ".join(spans)
 
 
-def deep_check(path: str | Path, n_samples: int = 8) -> list[str]:
-    """Regenerate `n_samples` keys spread over the dataset and compare them bit for bit with the shards."""
+@dataclass(frozen=True)
+class DeepCheck:
+    problems: list[str]
+    checked: int      # samples really regenerated and compared (at most the dataset's count)
+
+
+def _same(fresh: dict, stored: dict) -> list[str]:
+    bad = []
+    for k, v in fresh.items():
+        a = stored.get(k)
+        same = a == v if k in ("meta", "__key__") else (
+            a is not None and np.asarray(v).dtype == a.dtype and np.asarray(v).tobytes() == a.tobytes())
+        if not same:
+            bad.append(k)
+    return bad
+
+
+def deep_check(path: str | Path, n_samples: int = 8) -> DeepCheck:
+    """Regenerate up to `n_samples` keys spread over the dataset and compare them bit for bit with the shards."""
     manifest, directory = load_manifest(path)
-    strat = Strategy.from_dict(manifest["strategy"])
-    if f"{strat.strategy_id:016x}" != manifest["strategy_id"]:
-        return [f"strategy id {manifest['strategy_id']} does not match the resolved strategy (other code version?)"]
-    picks = sorted(set(np.linspace(0, manifest["count"] - 1, num=min(n_samples, manifest["count"])).astype(int)))
-    problems = []
-    refl = manifest["reflections"] is not None
-    for e in manifest["shards"]:
-        want = [i for i in picks if e["first_index"] <= i < e["first_index"] + e["count"]]
-        if not want or not (directory / e["file"]).is_file():
+    strat = Strategy.from_dict(manifest.strategy)
+    if f"{strat.strategy_id:016x}" != manifest.strategy_id:
+        return DeepCheck([f"strategy id {manifest.strategy_id} does not match the resolved strategy "
+                          "(other code version?)"], 0)
+    picks = sorted(set(np.linspace(0, manifest.count - 1, num=min(n_samples, manifest.count)).astype(int)))
+    problems, checked = [], 0
+    for e in manifest.shards:
+        want = [i for i in picks if e.holds(i)]
+        if not want or not (directory / e.file).is_file():
             continue
-        stored = {int(r["__key__"]): r for r in read_shard(directory / e["file"], manifest["format"])}
-        for i in want:
-            fresh = generate_sample(strat, manifest["root_seed"], i, with_reflections=refl)
+        try:
+            stored = {int(r["__key__"]): r for r in read_samples(directory / e.file, manifest.format,
+                                                                 manifest.compression)}
+        except ShardError as exc:
+            problems.append(str(exc))
+            continue
+        for i, fresh in zip(want, samples_of(manifest, want)):
+            checked += 1
             if i not in stored:
-                problems.append(f"{e['file']}: key {i:012d} missing")
+                problems.append(f"{e.file}: key {i:012d} missing")
                 continue
-            for k, v in fresh.items():
-                a = stored[i].get(k)
-                same = a == v if k in ("meta", "__key__") else (
-                    a is not None and np.asarray(v).dtype == a.dtype and np.asarray(v).tobytes() == a.tobytes())
-                if not same:
-                    problems.append(f"{e['file']}: key {i:012d} member {k} differs from a fresh generation")
-    return problems
+            problems += [f"{e.file}: key {i:012d} member {k} differs from a fresh generation"
+                         for k in _same(fresh, stored[i])]
+    return DeepCheck(problems, checked)

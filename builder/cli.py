@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from builder.build import build, deep_check, finalize, make_header, n_shards, parse_range
+from builder.build import build, deep_check, finalize, make_header, parse_range
 from builder.compare import compare as run_compare
 from builder.compare_figures import fmt_ks
 from builder.stats import SELECTIONS, cif_files, collect
@@ -17,9 +17,34 @@ from builder.strategy import builtin_strategies, load_strategy
 from manifests.errors import bad_input_exits
 from manifests.priors import write_json
 from manifests.schema import FORMATS, load_manifest, verify_dir
-from manifests.shardio import read_shard
+from manifests.shardio import read_samples
 
 __all__ = ["main", "cli"]
+
+
+class _WholeNumber(click.ParamType):
+    """An integer, also written as 1e6 or 100_000 (so `--count 1e12` reaches the capacity check)."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().replace("_", "")
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            x = float(text)
+        except ValueError:
+            x = float("nan")
+        if not (x == x and abs(x) != float("inf") and x.is_integer()):
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        return int(x)
+
+
+WHOLE = _WholeNumber()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,23 +54,27 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--strategy", required=True, help="Built-in strategy name or a strategy .toml path.")
-@click.option("--count", type=int, required=True, help="Number of samples.")
-@click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
+@click.option("--count", type=WHOLE, required=True, help="Number of samples (1e6 is accepted).")
+@click.option("--shard-size", type=WHOLE, default=1000, show_default=True, help="Samples per shard.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="tar", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Root seed.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes (one shard per job).")
 @click.option("--shards", "shard_range", default=None, help="Build only shards A:B and write a part-manifest.")
 @click.option("--structures-only", is_flag=True, help="Omit reflections; the loader computes them.")
+@click.option("--compress", type=click.Choice(["none", "gz", "lzf"]), default="none", show_default=True,
+              help="tar: gz writes shard-NNNNNN.tar.gz (deterministic gzip); hdf5: gz or lzf dataset filters.")
 @bad_input_exits
-def shards(strategy, count, shard_size, fmt, seed, out, workers, shard_range, structures_only) -> None:
-    """Build shards (resumes a killed build; refuses a directory built from another configuration)."""
+def shards(strategy, count, shard_size, fmt, seed, out, workers, shard_range, structures_only, compress) -> None:
+    """Build shards (resumes a killed build; refuses a directory built from another configuration; several
+    processes may build into one directory at once)."""
     if workers < 1:
         raise ValueError(f"--workers must be ≥ 1, got {workers}")
-    header = make_header(load_strategy(strategy), count, shard_size, fmt, seed, not structures_only)
-    rng = parse_range(shard_range, n_shards(header)) if shard_range else None
-    path = build(out, header, rng, workers=workers)
-    click.echo(f"wrote {path}")
+    header = make_header(load_strategy(strategy), count, shard_size, fmt, seed, not structures_only,
+                         None if compress == "none" else compress)
+    rng = parse_range(shard_range, header.n_shards) if shard_range else None
+    report = build(out, header, rng, workers=workers)
+    click.echo(report.summary())
 
 
 @cli.command("finalize")
@@ -62,16 +91,21 @@ def finalize_cmd(directory) -> None:
 @bad_input_exits
 def verify(directory, deep) -> None:
     """Recompute sizes, hashes and counts; exit 1 naming every corrupt, missing or extra shard."""
+    if deep < 0:
+        raise ValueError(f"--deep must be ≥ 0, got {deep}")
     manifest, d = load_manifest(directory)
     problems = verify_dir(manifest, d)
+    checked = 0
     if deep and not problems:
-        problems += deep_check(d, deep)
+        report = deep_check(d, deep)
+        problems, checked = report.problems, report.checked
     for p in problems:
         click.echo(f"FAIL {p}", err=True)
     if problems:
         sys.exit(1)
-    click.echo(f"ok: {len(manifest['shards'])} shards, {manifest['count']} samples"
-               + (f", {deep} samples regenerated identically" if deep else ""))
+    asked = f" (of {deep} asked; the dataset has {manifest.count})" if deep > checked else ""
+    click.echo(f"ok: {len(manifest.shards)} shards, {manifest.count} samples"
+               + (f", {checked} samples regenerated identically{asked}" if deep else ""))
 
 
 @cli.command()
@@ -80,23 +114,22 @@ def verify(directory, deep) -> None:
 @bad_input_exits
 def inspect(target, key) -> None:
     """Summarise a dataset (directory or manifest) or one shard, or show one sample."""
-    if target.is_file() and target.suffix in (".tar", ".h5"):
-        records = list(read_shard(target))
+    if key is not None and not key.isdigit():
+        raise ValueError(f"--key {key!r}: expected a sample index (digits), e.g. 42 or 000000000042")
+    if target.is_file() and target.name.endswith((".tar", ".tar.gz", ".h5")):
+        records = read_samples(target)
     else:
         manifest, d = load_manifest(target)
-        s = manifest["strategy"]
-        click.echo(f"{d}: {manifest['count']} samples in {len(manifest['shards'])} {manifest['format']} shards, "
+        s = manifest.strategy
+        packed = f" {manifest.compression}-compressed" if manifest.compression else ""
+        click.echo(f"{d}: {manifest.count} samples in {len(manifest.shards)}{packed} {manifest.format} shards, "
                    f"strategy {s['name']} ({s['cell']['sampler']} × {s['fill']['filler']}, {s['space_group']}), "
-                   f"seed {manifest['root_seed']}, reflections "
-                   f"{manifest['reflections']['name'] if manifest['reflections'] else 'none (structures only)'}")
-        if key is None:
-            records = list(read_shard(d / manifest["shards"][0]["file"], manifest["format"]))
-        else:
-            i = int(key)
-            e = next((e for e in manifest["shards"] if e["first_index"] <= i < e["first_index"] + e["count"]), None)
-            if e is None:
-                raise ValueError(f"key {key} is outside the dataset (0..{manifest['count'] - 1})")
-            records = list(read_shard(d / e["file"], manifest["format"]))
+                   f"seed {manifest.root_seed}, reflections "
+                   f"{manifest.reflections['name'] if manifest.reflections else 'none (structures only)'}")
+        e = manifest.shards[0] if key is None else manifest.entry_for(int(key))
+        if e is None:
+            raise ValueError(f"key {key} is outside the dataset (0..{manifest.count - 1})")
+        records = read_samples(d / e.file, manifest.format, manifest.compression)
     if key is not None:
         rec = next((r for r in records if int(r["__key__"]) == int(key)), None)
         if rec is None:

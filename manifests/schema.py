@@ -1,26 +1,37 @@
-"""Manifest schema, atomic JSON writing and verification (DESIGN.md "Manifest").
+"""Manifest schema (typed), atomic JSON writing and verification (DESIGN.md "Manifest").
 
 A manifest (`DIR/manifest.json`, sorted keys, no timestamps, written atomically and last) holds the build
-header (format, resolved strategy, root seed, count, shard size, reflection set, member schema) and one entry
-per shard: file, first index, count, bytes, sha256. The trainer reads shard names from it, never from a glob.
+header (format, compression, resolved strategy, root seed, count, shard size, reflection set, member schema)
+and one entry per shard: file, first index, count, bytes, sha256 (compressed tar shards also record the size
+and sha256 of the plain tar inside, which do not depend on the zlib build). The trainer reads shard names from
+it, never from a glob. `Manifest` and `ShardEntry` are the typed forms; `to_dict()` gives the JSON document.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import socket
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-__all__ = ["MANIFEST_VERSION", "MANIFEST_NAME", "FORMATS", "SHARD_SUFFIX", "MEMBERS", "REFLECTION_MEMBERS",
-           "ManifestError", "dumps", "write_json_atomic", "sha256_file", "shard_name", "member_schema",
-           "assemble", "load_manifest", "verify_dir", "header_of", "package_version"]
+import numpy as np
+
+__all__ = ["MANIFEST_VERSION", "MANIFEST_NAME", "FORMATS", "COMPRESSIONS", "MEMBERS", "REFLECTION_MEMBERS",
+           "ATOM_MEMBERS", "member_dtype", "ManifestError", "ShardError", "ShardEntry", "Manifest", "dumps",
+           "write_json_atomic", "host_name", "partial_name", "sha256_file", "shard_suffix", "member_schema",
+           "load_manifest",
+           "verify_dir", "package_version"]
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 FORMATS = ("tar", "hdf5")
-SHARD_SUFFIX = {"tar": ".tar", "hdf5": ".h5"}
-# member -> (dtype, shape); "N" is the sample's atom count, "H" the reflection count.
+# per format, the compressions a manifest may name (None: none). tar "gz": the whole shard through gzip
+# (shard-NNNNNN.tar.gz); hdf5 "gz" / "lzf": h5py dataset filters (byte shuffle + gzip, or lzf), same file name.
+COMPRESSIONS = {"tar": (None, "gz"), "hdf5": (None, "gz", "lzf")}
+# The one member table: member -> (dtype, shape); "N" is the sample's atom count, "H" the reflection count.
 MEMBERS = {
     "cell": ("float64", [6]),
     "frac": ("float32", ["N", 3]),
@@ -30,28 +41,181 @@ MEMBERS = {
     "meta": ("json", []),
 }
 REFLECTION_MEMBERS = {"amplitude": ("float32", ["H"]), "phase": ("float32", ["H"])}
+ATOM_MEMBERS = tuple(k for k, (_, shape) in MEMBERS.items() if shape and shape[0] == "N")
 _ENTRY_KEYS = {"file", "first_index", "count", "bytes", "sha256"}
+_RAW_KEYS = {"raw_bytes", "raw_sha256"}
 _HEADER_KEYS = {"version", "package_version", "format", "strategy", "strategy_id", "root_seed", "count",
                 "shard_size", "reflections", "schema"}
+
+
+def member_dtype(name: str) -> np.dtype:
+    """The numpy dtype of an array member (KeyError for `meta` or an unknown name)."""
+    d = {**MEMBERS, **REFLECTION_MEMBERS}[name][0]
+    if d == "json":
+        raise KeyError(f"{name} is a JSON member, not an array")
+    return np.dtype(d)
 
 
 class ManifestError(ValueError):
     """A manifest or shard directory that cannot be used; the message names the file and the way out."""
 
 
-def dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+class ShardError(ManifestError):
+    """A shard that is missing, corrupt or unreadable; the message names the file."""
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write to a temporary name in the same directory, fsync, then rename: never a partial file."""
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard of a manifest: its file, which samples it holds, and what its bytes must hash to."""
+
+    file: str
+    first_index: int
+    count: int
+    bytes: int
+    sha256: str
+    raw_bytes: int | None = None    # compressed tar: the plain tar inside (independent of the zlib build)
+    raw_sha256: str | None = None
+
+    @property
+    def stop(self) -> int:
+        return self.first_index + self.count
+
+    def holds(self, key: int) -> bool:
+        return self.first_index <= key < self.stop
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: object = "manifest") -> ShardEntry:
+        keys = set(d) if isinstance(d, dict) else set()
+        if not _ENTRY_KEYS <= keys <= _ENTRY_KEYS | _RAW_KEYS:
+            raise ManifestError(f"{where}: shard entry {d} must have exactly {sorted(_ENTRY_KEYS)} "
+                                f"(and optionally {sorted(_RAW_KEYS)})")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A build: its header (what every sample is a function of) and its shard entries, sorted by first index.
+
+    A manifest without shards is a build's header (what `.build.json` records and a rerun compares).
+    """
+
+    version: int
+    package_version: str
+    format: str
+    strategy: dict
+    strategy_id: str
+    root_seed: int
+    count: int
+    shard_size: int
+    reflections: dict | None
+    schema: dict
+    compression: str | None = None
+    shards: tuple[ShardEntry, ...] = field(default=())
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.count // self.shard_size)
+
+    @property
+    def structures_only(self) -> bool:
+        return self.reflections is None
+
+    def shard_of(self, key: int) -> int:
+        """The shard index that holds sample `key` (fixed samples per shard: arithmetic, no search)."""
+        return int(key) // self.shard_size
+
+    def index_of(self, entry: ShardEntry) -> int:
+        return entry.first_index // self.shard_size
+
+    def shard_range(self, shard: int) -> range:
+        first = shard * self.shard_size
+        return range(first, min(first + self.shard_size, self.count))
+
+    def shard_name(self, shard: int) -> str:
+        return f"shard-{int(shard):06d}{shard_suffix(self.format, self.compression)}"
+
+    def entry_for(self, key: int) -> ShardEntry | None:
+        return next((e for e in self.shards if e.holds(key)), None)
+
+    def header(self) -> dict:
+        """The JSON header (no shards); `compression` appears only when set, so plain builds keep their bytes."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "shards"}
+        if d["compression"] is None:
+            del d["compression"]
+        return d
+
+    def with_shards(self, entries) -> Manifest:
+        """This header with `entries` (any order): the same manifest however the shards were built."""
+        return dataclasses.replace(self, shards=tuple(sorted(entries, key=lambda e: e.first_index)))
+
+    def to_dict(self) -> dict:
+        return {**self.header(), "shards": [e.to_dict() for e in self.shards]}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: object = "manifest", header_only: bool = False) -> Manifest:
+        """Check and type a manifest document (or a header, without `shards`); ManifestError names `where`."""
+        if not isinstance(d, dict):
+            raise ManifestError(f"{where} is not a JSON object: not a phaseforge manifest")
+        missing = sorted(_HEADER_KEYS - set(d) | (set() if header_only else {"shards"} - set(d)))
+        if missing:
+            raise ManifestError(f"{where} lacks {', '.join(missing)}: not a phaseforge manifest")
+        if d["version"] != MANIFEST_VERSION:
+            raise ManifestError(f"{where} has manifest version {d['version']}; "
+                                f"this phaseforge reads {MANIFEST_VERSION}")
+        if d["format"] not in FORMATS:
+            raise ManifestError(f"{where} has unknown format {d['format']!r}")
+        comp = d.get("compression")
+        if comp not in COMPRESSIONS[d["format"]]:
+            raise ManifestError(f"{where}: compression {comp!r} is not one of "
+                                f"{[c for c in COMPRESSIONS[d['format']] if c]} for {d['format']} shards")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ManifestError(f"{where} has unknown field(s) {', '.join(unknown)}: written by a newer phaseforge?")
+        kw = {k: v for k, v in d.items() if k in names and k != "shards"}
+        entries = tuple(ShardEntry.from_dict(e, where) for e in d.get("shards", []))
+        return cls(**kw, shards=entries)
+
+
+def dumps(obj, allow_nan: bool = True) -> str:
+    """Sorted keys, no timestamps: the same object gives the same bytes. Manifests pass allow_nan=False
+    (NaN and infinity are not JSON)."""
+    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=allow_nan) + "\n"
+
+
+def host_name() -> str:
+    """This machine's name as used in temporary-file names and lock owners (letters, digits, '.', '_')."""
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
+
+
+def partial_name(path: Path) -> Path:
+    """The temporary name a writer uses before renaming to `path`: `.NAME.partial-HOST-PID` in the same
+    directory, so the owner of debris is known (a rerun removes only what dead owners left)."""
+    return path.with_name(f".{path.name}.partial-{host_name()}-{os.getpid()}")
+
+
+def write_json_atomic(path: Path, obj, allow_nan: bool = True) -> None:
+    """Write to a temporary name in the same directory, fsync, then rename: never a partial file.
+
+    Raises:
+        OSError: with the final path as filename (no space left, read-only, ...); the temporary file is removed.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(dumps(obj))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = partial_name(path)
+    text = dumps(obj, allow_nan)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def package_version() -> str:
@@ -70,8 +234,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def shard_name(index: int, fmt: str) -> str:
-    return f"shard-{int(index):06d}{SHARD_SUFFIX[fmt]}"
+def shard_suffix(fmt: str, compression: str | None = None) -> str:
+    return {"tar": ".tar.gz" if compression == "gz" else ".tar", "hdf5": ".h5"}[fmt]
 
 
 def member_schema(with_reflections: bool) -> dict:
@@ -81,16 +245,15 @@ def member_schema(with_reflections: bool) -> dict:
     return {k: {"dtype": d, "shape": s} for k, (d, s) in sorted(members.items())}
 
 
-def header_of(manifest: dict) -> dict:
-    return {k: v for k, v in manifest.items() if k != "shards"}
+def _advice(directory: Path) -> str:
+    """How to get a good manifest back: finalize a split build, otherwise rerun the build (it resumes)."""
+    if any(directory.glob("manifest.part-*.json")):
+        return f"rebuild it with `phaseforge-build finalize {directory}`"
+    return ("rerun the `phaseforge-build shards` command that built it (same options, recorded in "
+            f"{directory / '.build.json'}): finished shards are kept and the manifest is rewritten")
 
 
-def assemble(header: dict, entries: list[dict]) -> dict:
-    """The manifest for `header` and shard entries (any order): the same bytes however the shards were built."""
-    return {**header, "shards": sorted(entries, key=lambda e: e["first_index"])}
-
-
-def load_manifest(path: str | Path) -> tuple[dict, Path]:
+def load_manifest(path: str | Path) -> tuple[Manifest, Path]:
     """Read and check a manifest; accepts the file or its directory. Returns (manifest, directory)."""
     p = Path(path)
     if p.is_dir():
@@ -98,43 +261,31 @@ def load_manifest(path: str | Path) -> tuple[dict, Path]:
     if not p.is_file():
         raise ManifestError(f"no manifest at {p}: build one with `phaseforge-build shards` (or `finalize`)")
     try:
-        m = json.loads(p.read_text())
-    except ValueError as exc:
-        raise ManifestError(f"{p} is not valid JSON ({exc}); rebuild it with `phaseforge-build finalize`") from None
-    missing = sorted((_HEADER_KEYS | {"shards"}) - set(m))
-    if missing:
-        raise ManifestError(f"{p} lacks {', '.join(missing)}: not a phaseforge manifest")
-    if m["version"] != MANIFEST_VERSION:
-        raise ManifestError(f"{p} has manifest version {m['version']}; this phaseforge reads {MANIFEST_VERSION}")
-    if m["format"] not in FORMATS:
-        raise ManifestError(f"{p} has unknown format {m['format']!r}")
-    for e in m["shards"]:
-        if set(e) != _ENTRY_KEYS:
-            raise ManifestError(f"{p}: shard entry {e} must have exactly {sorted(_ENTRY_KEYS)}")
-    return m, p.parent
+        doc = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{p} is not valid JSON ({exc}); {_advice(p.parent)}") from None
+    return Manifest.from_dict(doc, p), p.parent
 
 
-def verify_dir(manifest: dict, directory: Path) -> list[str]:
+def verify_dir(manifest: Manifest, directory: Path) -> list[str]:
     """Recompute sizes and hashes; list every missing, corrupt or extra shard (empty when all is well)."""
     problems = []
-    names = set()
     expected_first = 0
-    for e in manifest["shards"]:
-        names.add(e["file"])
-        if e["first_index"] != expected_first:
-            problems.append(f"{e['file']}: first index {e['first_index']}, expected {expected_first}")
-        expected_first = e["first_index"] + e["count"]
-        f = directory / e["file"]
+    for e in manifest.shards:
+        if e.first_index != expected_first:
+            problems.append(f"{e.file}: first index {e.first_index}, expected {expected_first}")
+        expected_first = e.stop
+        f = directory / e.file
         if not f.is_file():
-            problems.append(f"{e['file']}: missing")
-        elif f.stat().st_size != e["bytes"]:
-            problems.append(f"{e['file']}: corrupt (size {f.stat().st_size}, manifest {e['bytes']})")
-        elif sha256_file(f) != e["sha256"]:
-            problems.append(f"{e['file']}: corrupt (sha256 differs from the manifest)")
-    if expected_first != manifest["count"]:
-        problems.append(f"shards hold {expected_first} samples, manifest count is {manifest['count']}")
-    suffix = SHARD_SUFFIX[manifest["format"]]
-    for f in sorted(directory.glob(f"shard-*{suffix}")):
+            problems.append(f"{e.file}: missing")
+        elif f.stat().st_size != e.bytes:
+            problems.append(f"{e.file}: corrupt (size {f.stat().st_size}, manifest {e.bytes})")
+        elif sha256_file(f) != e.sha256:
+            problems.append(f"{e.file}: corrupt (sha256 differs from the manifest)")
+    if expected_first != manifest.count:
+        problems.append(f"shards hold {expected_first} samples, manifest count is {manifest.count}")
+    names = {e.file for e in manifest.shards}
+    for f in sorted(directory.glob("shard-*")):
         if f.name not in names:
             problems.append(f"{f.name}: extra shard not in the manifest")
     return problems

@@ -17,7 +17,7 @@ from builder.cli import cli
 from builder.sample import generate_sample
 from builder.strategy import load_strategy
 from manifests.schema import load_manifest, verify_dir
-from manifests.shardio import read_shard
+from manifests.shardio import read_samples
 
 STRATEGY = "lognormal-molecules"
 
@@ -41,7 +41,7 @@ def test_same_bytes_twice_and_across_worker_counts(tmp_path, fmt):
     assert shards_cmd(tmp_path / "b", "--workers", "2", fmt=fmt).exit_code == 0
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     m, d = load_manifest(tmp_path / "a")
-    assert m["count"] == 24 and len(m["shards"]) == 4 and verify_dir(m, d) == []
+    assert m.count == 24 and len(m.shards) == 4 and verify_dir(m, d) == []
 
 
 def test_sample_is_independent_of_shard_size(tmp_path):
@@ -50,20 +50,23 @@ def test_sample_is_independent_of_shard_size(tmp_path):
     recs = {}
     for name in ("a", "b"):
         m, d = load_manifest(tmp_path / name)
-        recs[name] = {r["__key__"]: r for e in m["shards"] for r in read_shard(d / e["file"])}
+        recs[name] = {r["__key__"]: r for e in m.shards for r in read_samples(d / e.file)}
     assert recs["a"].keys() == recs["b"].keys()
     for k in recs["a"]:
         assert recs["a"][k]["amplitude"].tobytes() == recs["b"][k]["amplitude"].tobytes()
 
 
-def test_range_builds_and_finalize_equal_one_build(tmp_path):
-    shards_cmd(tmp_path / "one")
+@pytest.mark.parametrize("compress", ["none", "gz"])
+def test_range_builds_and_finalize_equal_one_build(tmp_path, compress):
+    shards_cmd(tmp_path / "one", "--compress", compress)
     for rng in ("2:4", "0:2"):  # out of order, as cluster tasks finish
-        res = shards_cmd(tmp_path / "many", "--shards", rng)
+        res = shards_cmd(tmp_path / "many", "--shards", rng, "--compress", compress)
         assert res.exit_code == 0 and "manifest.part-" in res.output
     assert not (tmp_path / "many" / "manifest.json").exists()
     assert run("finalize", tmp_path / "many").exit_code == 0
     assert digest(tmp_path / "one") == digest(tmp_path / "many")
+    res = run("verify", tmp_path / "many", "--deep", "6")
+    assert res.exit_code == 0 and "6 samples regenerated identically" in res.output
 
 
 def test_finalize_names_missing_shards(tmp_path):
@@ -72,20 +75,22 @@ def test_finalize_names_missing_shards(tmp_path):
     assert res.exit_code == 2 and "2:4" in res.output
 
 
-def test_resume_rebuilds_only_what_is_bad(tmp_path):
+@pytest.mark.parametrize("compress, ext", [("none", "tar"), ("gz", "tar.gz")])
+def test_resume_rebuilds_only_what_is_bad(tmp_path, compress, ext):
     out = tmp_path / "r"
-    shards_cmd(out)
+    shards_cmd(out, "--compress", compress)
     reference = digest(out)
     (out / "manifest.json").unlink()
-    (out / "shard-000001.tar").unlink()
-    with open(out / "shard-000002.tar", "r+b") as fh:  # corrupt a kept shard: it must be rebuilt
+    (out / f"shard-000001.{ext}").unlink()
+    with open(out / f"shard-000002.{ext}", "r+b") as fh:  # corrupt a kept shard: it must be rebuilt
         fh.seek(700)
         fh.write(b"\x00\xff")
-    (out / ".shard-000003.tar.partial-999").write_bytes(b"half a shard")  # debris of a killed writer
-    mtime0 = (out / "shard-000000.tar").stat().st_mtime_ns
-    assert shards_cmd(out).exit_code == 0
+    (out / f".shard-000003.{ext}.partial-999").write_bytes(b"half a shard")  # debris of a killed writer
+    mtime0 = (out / f"shard-000000.{ext}").stat().st_mtime_ns
+    res = shards_cmd(out, "--compress", compress)
+    assert res.exit_code == 0 and "(2 shards built, 2 kept)" in res.output
     assert digest(out) == reference
-    assert (out / "shard-000000.tar").stat().st_mtime_ns == mtime0  # a good shard is kept, not rewritten
+    assert (out / f"shard-000000.{ext}").stat().st_mtime_ns == mtime0  # a good shard is kept, not rewritten
     assert not list(out.glob(".*.partial-*"))
 
 
@@ -105,7 +110,7 @@ def test_killed_build_leaves_no_partial_file_and_resumes(tmp_path):
     finals = sorted(out.glob("shard-*.tar"))
     assert 3 <= len(finals) < 30
     for f in finals:  # whatever lies under a final name is a whole shard
-        assert len(list(read_shard(f))) == 20
+        assert len(read_samples(f)) == 20
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     subprocess.run([*cmd[:-1], str(tmp_path / "clean")], check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
@@ -133,9 +138,9 @@ def test_verify_catches_flipped_byte_truncation_missing_and_extra(tmp_path):
 def test_deep_verify_regenerates_bit_for_bit(tmp_path):
     out = tmp_path / "d"
     shards_cmd(out, fmt="hdf5")
-    assert deep_check(out, 24) == []
+    assert deep_check(out, 24).problems == []
     m, d = load_manifest(out)
-    rec = next(read_shard(d / m["shards"][0]["file"]))
+    rec = read_samples(d / m.shards[0].file)[0]
     fresh = generate_sample(load_strategy(STRATEGY), 5, 0)
     assert rec["amplitude"].tobytes() == fresh["amplitude"].tobytes()
 
@@ -144,7 +149,7 @@ def test_webdataset_streams_the_shards(tmp_path):
     out = tmp_path / "w"
     shards_cmd(out)
     m, d = load_manifest(out)
-    urls = [str(d / e["file"]) for e in m["shards"]]
+    urls = [str(d / e.file) for e in m.shards]
     samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode())
     assert [s["__key__"] for s in samples] == [f"{i:012d}" for i in range(24)]
     s = samples[3]
@@ -157,8 +162,8 @@ def test_structures_only_shards(tmp_path):
     out = tmp_path / "s"
     assert shards_cmd(out, "--structures-only").exit_code == 0
     m, d = load_manifest(out)
-    assert m["reflections"] is None and "amplitude" not in m["schema"]
-    rec = next(read_shard(d / m["shards"][0]["file"]))
+    assert m.reflections is None and "amplitude" not in m.schema
+    rec = read_samples(d / m.shards[0].file)[0]
     assert "amplitude" not in rec and "frac" in rec
 
 
@@ -222,3 +227,69 @@ def test_inspect(tmp_path):
     assert res.exit_code == 0 and "key 000000000007" in res.output
     res = run("inspect", out / "shard-000001.tar", "--key", "7")
     assert res.exit_code == 0 and "key 000000000007" in res.output
+
+
+# ----------------------------------------------------------------------------- messages (issue 13 §2, §6)
+
+def test_verify_deep_says_how_many_samples_were_regenerated(tmp_path):
+    out = tmp_path / "v"
+    shards_cmd(out)
+    res = run("verify", out, "--deep", "100000")
+    assert res.exit_code == 0
+    assert "24 samples regenerated identically (of 100000 asked; the dataset has 24)" in res.output
+    assert "100000 samples regenerated" not in res.output
+    assert "4 samples regenerated identically" in run("verify", out, "--deep", "4").output
+
+
+@pytest.mark.parametrize("fmt, compress", [("tar", "none"), ("tar", "gz"), ("hdf5", "none")])
+def test_inspect_on_a_truncated_shard_prints_one_line(tmp_path, fmt, compress):
+    out = tmp_path / "t"
+    shards_cmd(out, "--compress", compress, fmt=fmt)
+    shard = sorted(out.glob("shard-000000.*"))[0]
+    with open(shard, "r+b") as fh:
+        fh.truncate(shard.stat().st_size // 2)
+    for target in (shard, out):
+        res = run("inspect", target)
+        assert res.exit_code == 2 and "Traceback" not in res.output
+        (line,) = res.output.strip().splitlines()[-1:]
+        assert line.startswith("error:") and f"{shard.name}: unreadable shard" in line
+    assert "shard-000000" in run("verify", out).output
+
+
+def test_truncated_manifest_advice_depends_on_whether_the_build_was_split(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    shards_cmd(whole)
+    shards_cmd(split, "--shards", "0:2")
+    shards_cmd(split, "--shards", "2:4")
+    assert run("finalize", split).exit_code == 0
+    for d in (whole, split):
+        text = (d / "manifest.json").read_text()
+        (d / "manifest.json").write_text(text[: len(text) // 2])
+    res = run("verify", whole)
+    assert res.exit_code == 2 and "finalize" not in res.output and "rerun the `phaseforge-build shards`" in res.output
+    res = run("verify", split)
+    assert res.exit_code == 2 and f"phaseforge-build finalize {split}" in res.output
+    assert shards_cmd(whole).exit_code == 0 and run("verify", whole).exit_code == 0  # the advice works
+
+
+@pytest.mark.parametrize("count, size, message", [
+    ("1e12", "1000", "makes 1,000,000,000 shards; a manifest lists at most 1,000,000: use --shard-size ≥"),
+    ("1000000000000", "1000", "makes 1,000,000,000 shards; a manifest lists at most 1,000,000: use --shard-size ≥"),
+    ("1e9", "1e9", "a shard is held in memory while it is written"),
+    ("1000000000000", "1000000", "the shards need ~"),
+])
+def test_counts_that_cannot_fit_are_refused_at_once(tmp_path, monkeypatch, count, size, message):
+    import builder.capacity as capacity
+    monkeypatch.setattr(capacity, "available_memory", lambda: 64 * 10**9)  # the same bound on every machine
+    start = time.perf_counter()
+    res = run("shards", "--strategy", STRATEGY, "--count", count, "--shard-size", size, "--out", tmp_path / "x")
+    assert time.perf_counter() - start < 20  # refused, not hanging
+    assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    if "memory" in message:
+        assert "use --shard-size ≤ " in res.output  # the bound, measured: ~4 million samples of ~12 kB
+
+
+def test_progress_counts_samples(tmp_path):
+    res = shards_cmd(tmp_path / "p")
+    assert "24/24 [" in res.output and "sample/s" in res.output

@@ -11,7 +11,7 @@ from training.cli import cli as train_cli
 
 FROZEN = {
     "phaseforge-build": {
-        "shards": ["count", "fmt", "out", "seed", "shard_range", "shard_size", "strategy", "structures_only",
+        "shards": ["compress", "count", "fmt", "out", "seed", "shard_range", "shard_size", "strategy", "structures_only",
                    "workers"],
         "finalize": ["directory"],
         "verify": ["deep", "directory"],

@@ -14,7 +14,6 @@ are stripped). `load_model` builds the network from the tensor shapes, so a bare
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import os
 import pickle
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 from builder.reflections import hkl_hash, phai_hkl
+from manifests.errors import os_error_line
 from manifests.schema import ManifestError, package_version, sha256_file
 from training.config import RESUMABLE, TrainConfig, flat_dict
 from training.model import ModelConfig, PhAINet, config_dict, preset
@@ -117,10 +117,8 @@ def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        why = os.strerror(exc.errno) if exc.errno else str(exc)
-        code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
-        raise CheckpointError(f"cannot write checkpoint {path}: {why}{code}; free space or choose another --out, "
-                              "then rerun with --resume") from None
+        raise CheckpointError("cannot write checkpoint " + os_error_line(
+            exc, where=path, advice="free space or choose another --out, then rerun with --resume")) from None
 
 
 def code_version() -> dict:

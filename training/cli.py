@@ -10,7 +10,6 @@ failed write (no space left, read-only: the path and the reason; no partial file
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from manifests.errors import fail
+from manifests.errors import fail, os_error_line
 from manifests.schema import ManifestError, write_json_atomic
 from training.checkpoint import training_checkpoint
 from training.config import TrainConfig, flat_dict
@@ -139,8 +138,5 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, ManifestError) as exc:
         fail(str(exc))
     except OSError as exc:  # a full disk, a read-only or unwritable --out, an --out below a file
-        where = f"{exc.filename}: " if exc.filename else ""
-        code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
-        fail(f"{where}{exc.strerror or exc}{code}; check --out (free space, permissions, the path) and rerun "
-             "(with --resume a run continues from its last checkpoint)")
+        fail(os_error_line(exc))
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,8 +1,10 @@
 """Training-side shard access: manifests -> Sources, shard bytes checked against the manifest, then parsed.
 
-A `Source` is one manifest's shard list (never a glob). `read_shard` reads a shard's bytes once, checks them
-(none | size | sha256) and parses them: tar through a plain-ustar fast path or webdataset's expander, HDF5
-through h5py. Errors name the shard (`ShardError`).
+A `Source` is one manifest's shard list (never a glob). `read_shard` reads a shard's bytes once (through
+`manifests.shardio.open_shard`, the one opener), checks them (none | size | sha256), decompresses a `.tar.gz`
+and parses them: tar through a plain-ustar fast path or webdataset's expander, HDF5 through h5py (which
+undoes its own filters). Errors name the shard (`ShardError`). The plain reader for tools is
+`manifests.shardio.read_samples`; a test checks that both give identical samples.
 """
 from __future__ import annotations
 
@@ -21,17 +23,15 @@ import webdataset as wds
 
 from builder.reflections import hkl_hash, phai_hkl
 from builder.symmetry import space_group_ops
-from manifests.schema import ManifestError, load_manifest, sha256_file
+from manifests.schema import (ATOM_MEMBERS, MANIFEST_NAME, REFLECTION_MEMBERS, ManifestError, ShardError,
+                              load_manifest, sha256_file)
+from manifests.shardio import open_shard, unpack
 
 __all__ = ["VERIFY_LEVELS", "SPACE_GROUP", "ShardError", "Source", "open_source", "open_sources",
            "check_compatible", "read_shard"]
 
 VERIFY_LEVELS = ("none", "size", "sha256")
 SPACE_GROUP = "P 1 21/c 1"  # the loss's 8 origin shifts and the 0/pi phases are P2_1/c's
-
-
-class ShardError(ManifestError):
-    """A shard that is missing, corrupt or unreadable; the message names the file."""
 
 
 # ----------------------------------------------------------------------------- sources
@@ -55,6 +55,7 @@ class Source:
     structures_only: bool
     space_group: str
     reflections: dict | None
+    compression: str | None = None  # tar: "gz" (.tar.gz); hdf5: h5py filters, undone by h5py
 
     @property
     def n_shards(self) -> int:
@@ -74,17 +75,18 @@ def open_source(path: str | Path, weight: float = 1.0, verify: str = "sha256") -
         ManifestError: missing or malformed manifest; ShardError: a missing or wrongly sized shard.
     """
     m, directory = load_manifest(path)
-    if not m["shards"]:
-        raise ManifestError(f"{directory / 'manifest.json'} lists no shards")
+    if not m.shards:
+        raise ManifestError(f"{directory / MANIFEST_NAME} lists no shards")
     if not (isinstance(weight, (int, float)) and weight > 0 and math.isfinite(weight)):
         raise ValueError(f"mixing weight {weight!r} for {path} must be a positive number")
     src = Source(
-        manifest=str((directory / "manifest.json").resolve()), directory=str(directory.resolve()), fmt=m["format"],
-        files=tuple(e["file"] for e in m["shards"]), counts=tuple(int(e["count"]) for e in m["shards"]),
-        sizes=tuple(int(e["bytes"]) for e in m["shards"]), sha256=tuple(e["sha256"] for e in m["shards"]),
-        weight=float(weight), sid=int(m["strategy_id"], 16), name=m["strategy"].get("name", "?"),
-        root_seed=int(m["root_seed"]), count=int(m["count"]), structures_only=m["reflections"] is None,
-        space_group=m["strategy"].get("space_group", SPACE_GROUP), reflections=m["reflections"])
+        manifest=str((directory / MANIFEST_NAME).resolve()), directory=str(directory.resolve()), fmt=m.format,
+        files=tuple(e.file for e in m.shards), counts=tuple(int(e.count) for e in m.shards),
+        sizes=tuple(int(e.bytes) for e in m.shards), sha256=tuple(e.sha256 for e in m.shards),
+        weight=float(weight), sid=int(m.strategy_id, 16), name=m.strategy.get("name", "?"),
+        root_seed=int(m.root_seed), count=int(m.count), structures_only=m.structures_only,
+        space_group=m.strategy.get("space_group", SPACE_GROUP), reflections=m.reflections,
+        compression=m.compression)
     for f, size in zip(src.files, src.sizes):
         p = directory / f
         if not p.is_file():
@@ -165,7 +167,7 @@ def _decode(sample: dict) -> dict:
                                                                   else v) for k, v in sample.items()}
 
 
-_SKIP_IF_REFLECTIONS = ("frac.npy", "z.npy", "occ.npy", "uiso.npy", "meta.json")
+_SKIP_IF_REFLECTIONS = tuple(f"{n}.npy" for n in ATOM_MEMBERS) + ("meta.json",)
 
 
 class _NotPlainUstar(Exception):
@@ -229,11 +231,11 @@ def _parse_hdf5(data: bytes, need_atoms: bool) -> list[dict]:
     with h5py.File(io.BytesIO(data), "r") as f:
         keys = f["key"][:]
         cell = f["cell"][:]
-        refl = {n: f[n][:] for n in ("amplitude", "phase") if n in f}
+        refl = {n: f[n][:] for n in REFLECTION_MEMBERS if n in f}
         atoms = {}
         if need_atoms or not refl:
             off = f["atom_offsets"][:]
-            atoms = {n: f[n][:] for n in ("frac", "z", "occ", "uiso")}
+            atoms = {n: f[n][:] for n in ATOM_MEMBERS}
     out = []
     for i, k in enumerate(keys):
         rec = {"__key__": k.decode(), "cell": cell[i]}
@@ -253,7 +255,7 @@ def read_shard(src: Source, shard: int, verify: str = "sha256", need_atoms: bool
     """
     path = Path(src.directory) / src.files[shard]
     try:
-        data = path.read_bytes()
+        data = open_shard(path)
     except OSError as exc:
         raise ShardError(f"{path}: missing or unreadable shard ({exc.strerror}; listed in {src.manifest})") from None
     if verify != "none" and len(data) != src.sizes[shard]:
@@ -262,6 +264,7 @@ def read_shard(src: Source, shard: int, verify: str = "sha256", need_atoms: bool
         raise ShardError(f"{path}: corrupt shard (sha256 differs from {src.manifest})")
     need_atoms = need_atoms or src.structures_only
     try:
+        data = unpack(data, src.fmt, src.compression)
         recs = (_parse_tar(data, str(path), need_atoms, checksum=verify != "sha256") if src.fmt == "tar"
                 else _parse_hdf5(data, need_atoms))
     except Exception as exc:  # noqa: BLE001 - any parse failure is this shard's fault
