@@ -79,6 +79,86 @@ def test_special_position_buckets(strategies):
         assert abs(got - want) < 4 * np.sqrt(want * (1 - want) / n) + 0.003, (frac, want)
 
 
+def _ratios_to(s, points: np.ndarray, z: int, atoms: np.ndarray) -> np.ndarray:
+    """d / R_Σ from each point (element z) to every symmetry and lattice image of `atoms`: (P, images)."""
+    ops = space_group_ops(s.space_group)
+    orth = np.array(gemmi.UnitCell(*s.cell).orth.mat.tolist())
+    x = s.frac[atoms].astype(np.float64)
+    img = (np.einsum("gij,nj->gni", ops.rot, x) + ops.tran[:, None, :]) % 1.0  # (g, n, 3)
+    diff = points[:, None, None, None, :] - img[None, :, :, None, :] - SHIFTS[None, None, None]
+    d = np.linalg.norm(diff @ orth.T, axis=-1)  # (P, g, n, 125)
+    r_sum = covalent_radii_table()[s.z[atoms]][None, None, :, None] + covalent_radius(z)
+    return (d / r_sum).reshape(len(points), -1)
+
+
+def _own_images_allow(s, points: np.ndarray, z: int) -> np.ndarray:
+    """The molecule rule between each point and its own images (coincident images excluded)."""
+    ops = space_group_ops(s.space_group)
+    orth = np.array(gemmi.UnitCell(*s.cell).orth.mat.tolist())
+    img = np.einsum("gij,pj->pgi", ops.rot, points) + ops.tran[None]
+    d = np.linalg.norm((points[:, None, None, :] - img[:, :, None, :] - SHIFTS[None, None]) @ orth.T, axis=-1)
+    r = np.where(d < 1e-4, 10.0, d / (2 * covalent_radius(z))).reshape(len(points), -1)
+    return ((r > 0.9) & ~((r >= 1.1) & (r <= 1.4))).all(axis=1)
+
+
+def test_first_general_atom_goes_to_random_coordinates(strategies):
+    """§3.5 step 2: after the special positions, one atom at random coordinates. Second path: the chance that a
+    uniform point, accepted by the rule against the special atoms and its own images, lies at bond distance
+    (0.9–1.1 R_Σ) from a special atom, by Monte Carlo in the same cells with the same element. When atoms on
+    inversion centres counted as anchors, 100 % of these first atoms were bonded to one (expected here ≈ 26 %)."""
+    strat, rng = strategies["lognormal-molecules"], np.random.default_rng(0)
+    observed, expected = [], []
+    for i in range(700):
+        s = generate_structure(strat, 7, i)
+        if s.n_special == 0 or s.n_atoms == s.n_special:
+            continue
+        special, z = np.arange(s.n_special), int(s.z[s.n_special])
+        first = _ratios_to(s, s.frac[s.n_special:s.n_special + 1].astype(np.float64), z, special)
+        observed.append(bool(((first >= 0.9) & (first <= 1.1)).any()))
+        pts = rng.random((120, 3))
+        r = _ratios_to(s, pts, z, special)
+        accepted = ((r > 0.9) & ~((r >= 1.1) & (r <= 1.4))).all(axis=1) & _own_images_allow(s, pts, z)
+        if accepted.any():
+            expected.append(float(((r >= 0.9) & (r <= 1.1)).any(axis=1)[accepted].mean()))
+    n, p = len(observed), float(np.mean(expected))
+    assert n >= 80 and 0.05 < p < 0.6
+    assert abs(np.mean(observed) - p) < 4 * np.sqrt(p * (1 - p) / n) + 0.03, (np.mean(observed), p, n)
+
+
+def test_atoms_are_stored_in_placement_order(strategies):
+    """Special positions first, then general atoms as placed: every general atom after the first (step 2) is
+    bonded to an atom stored before it (its anchor), and the non-H atoms come before the hydrogens."""
+    strat = strategies["lognormal-molecules"]
+    checked = 0
+    for i in range(60):
+        s = generate_structure(strat, 4, i)
+        assert np.all(s.occ[:s.n_special] < 1) and np.all(s.occ[s.n_special:] == 1)
+        heavy = np.flatnonzero(s.z != 1)
+        assert (s.z[s.n_special:] == 1).sum() == 0 or heavy.max() < np.flatnonzero(s.z == 1).min()
+        for k in range(s.n_special + 1, s.n_atoms):
+            earlier = heavy[heavy < k]
+            r = _ratios_to(s, s.frac[k:k + 1].astype(np.float64), int(s.z[k]), earlier)
+            assert ((r >= 0.9 - 1e-5) & (r <= 1.1 + 1e-5)).any(), f"sample {i}: atom {k} bonded to no earlier atom"
+            checked += 1
+    assert checked > 500
+
+
+def test_occupied_centres_are_binomial_when_elements_clash(tmp_path):
+    """p = 0.5 on the four centres: clashes between special atoms are frequent, yet the number occupied stays
+    Binomial(4, ½), because a clashing element is replaced, not the site emptied (measured before: p ≈ 1e-55)."""
+    from scipy import stats
+
+    from builder.strategy import load_strategy
+
+    path = tmp_path / "dense.toml"
+    path.write_text('name = "dense-special"\n[fill]\nfiller = "molecules"\nspecial_p = 0.5\n'
+                    '[priors]\nstats = "cod-molecular"\n')
+    strat = load_strategy(path)
+    n = 800
+    counts = np.bincount([generate_structure(strat, 0, i).n_special for i in range(n)], minlength=5)
+    assert stats.chisquare(counts, stats.binom(4, 0.5).pmf(range(5)) * n).pvalue > 1e-3, counts
+
+
 def test_special_atoms_sit_on_inversion_centres_with_half_occupancy(strategies):
     strat = strategies["lognormal-molecules"]
     seen = 0
