@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from builder.bounds import EDGE, check_finite, check_range
+
 __all__ = ["CellConfig", "SAMPLERS", "SKEWS", "sample_cell", "sample_volume", "edges_from_volume", "skew_cell",
            "volume_bounds", "cell_from_vectors"]
 
@@ -35,32 +37,37 @@ class CellConfig:
     adjusted_s3: bool = True  # include −(a_max²/a3² − 1)^½ in the s3 lower bound (eq. 15)
 
     def validate(self) -> None:
+        check_finite("cell", self)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown cell sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if self.skew not in SKEWS:
             raise ValueError(f"unknown skew {self.skew!r}: choose one of {', '.join(SKEWS)}")
-        if not 0 < self.a_min <= self.a_max:
-            raise ValueError(f"cell a_min = {self.a_min} must be positive and ≤ a_max = {self.a_max}")
-        if self.ratio < 1:
-            raise ValueError(f"cell ratio = {self.ratio} must be ≥ 1")
-        if not 90.0 < self.beta_max < 180.0:
-            raise ValueError(f"cell beta_max = {self.beta_max} must lie in (90, 180) degrees")
+        check_range("cell a_min", self.a_min, *EDGE, "Å")
+        check_range("cell a_max", self.a_max, *EDGE, "Å")
+        if self.a_min > self.a_max:
+            raise ValueError(f"cell a_min = {self.a_min} must be ≤ a_max = {self.a_max}")
+        check_range("cell ratio", self.ratio, 1.0, math.inf, hi_open=True)
+        check_range("cell beta_max", self.beta_max, 90.0, 180.0, "degrees", lo_open=True, hi_open=True)
         if self.sampler == "uniform-volume":
-            if not 0 < self.v_min <= self.v_max:
-                raise ValueError(f"cell v_min = {self.v_min} must be positive and ≤ v_max = {self.v_max}")
+            check_range("cell v_min", self.v_min, 0.0, EDGE[1] ** 3, "Å³", lo_open=True)
+            check_range("cell v_max", self.v_max, self.v_min, EDGE[1] ** 3, "Å³")
             lo, hi = volume_bounds(self)
             if self.v_max < lo or self.v_min > hi:
                 raise ValueError(f"volume range [{self.v_min}, {self.v_max}] Å³ cannot be realised with edges in "
                                  f"[{self.a_min}, {self.a_max}] Å (possible: [{lo:.1f}, {hi:.1f}]); widen the edges")
         if self.sampler == "lognormal":
-            if self.sigma <= 0:
-                raise ValueError(f"cell sigma = {self.sigma} must be positive")
+            check_range("cell sigma", self.sigma, 0.0, math.inf, "(ln Å³)", lo_open=True, hi_open=True)
             lo, hi = volume_bounds(self)
             z_lo, z_hi = (math.log(lo) - self.mu) / self.sigma, (math.log(hi) - self.mu) / self.sigma
             mass = 0.5 * (math.erf(z_hi / math.sqrt(2)) - math.erf(z_lo / math.sqrt(2)))
             if mass < 1e-3:
                 raise ValueError(f"Lognormal({self.mu}, {self.sigma}) puts {mass:.1e} of its mass in the realisable "
                                  f"volumes [{lo:.1f}, {hi:.1f}] Å³; adjust mu/sigma or the edge bounds")
+
+    def max_volume(self) -> float:
+        """The largest cell volume the sampler can give (the skew keeps V): what bounds the atoms per cell."""
+        hi = volume_bounds(self)[1]
+        return min(hi, self.v_max) if self.sampler == "uniform-volume" else hi
 
 
 def volume_bounds(cfg: CellConfig) -> tuple[float, float]:
