@@ -7,7 +7,8 @@ import hashlib
 import gemmi
 import numpy as np
 
-__all__ = ["PHAI_SET", "phai_hkl", "hkl_hash", "d_spacing", "stol2", "systematic_absences"]
+__all__ = ["PHAI_SET", "phai_hkl", "hkl_hash", "d_spacing", "stol2", "stol2_of_products", "hkl_products",
+           "systematic_absences"]
 
 PHAI_SET = "phai-1205"
 
@@ -42,11 +43,22 @@ def _reciprocal_metric(cell6: np.ndarray) -> np.ndarray:
     return f @ f.T
 
 
+def hkl_products(hkl: np.ndarray) -> np.ndarray:
+    """(H, 6) h², k², l², 2kl, 2hl, 2hk: with the six metric elements they give h·G*·h (a plan caches them)."""
+    h = np.asarray(hkl, dtype=np.float64).reshape(-1, 3)
+    return np.stack([h[:, 0]**2, h[:, 1]**2, h[:, 2]**2, 2 * h[:, 1] * h[:, 2], 2 * h[:, 0] * h[:, 2],
+                     2 * h[:, 0] * h[:, 1]], axis=1)
+
+
+def stol2_of_products(cell6: np.ndarray, products: np.ndarray) -> np.ndarray:
+    """(sin θ / λ)² = h·G*·h / 4 from `hkl_products` (float64)."""
+    g = _reciprocal_metric(np.asarray(cell6, dtype=np.float64))
+    return 0.25 * (products @ np.array([g[0, 0], g[1, 1], g[2, 2], g[1, 2], g[0, 2], g[0, 1]]))
+
+
 def stol2(cell6: np.ndarray, hkl: np.ndarray) -> np.ndarray:
     """(sin θ / λ)^2 = 1 / (4 d^2) for each reflection (float64)."""
-    g = _reciprocal_metric(np.asarray(cell6, dtype=np.float64))
-    h = np.asarray(hkl, dtype=np.float64)
-    return 0.25 * ((h @ g) * h).sum(axis=1)
+    return stol2_of_products(cell6, hkl_products(hkl))
 
 
 def d_spacing(cell6: np.ndarray, hkl: np.ndarray) -> np.ndarray:

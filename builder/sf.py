@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
+import numba
 import numpy as np
 
-from builder.elements import form_factors
-from builder.reflections import phai_hkl, stol2
+from builder.elements import it92_table
+from builder.reflections import hkl_products, phai_hkl, stol2_of_products
 from builder.structure import Structure
 from builder.symmetry import SymOps, space_group_ops
 
@@ -24,40 +26,42 @@ __all__ = ["SFPlan", "sf_plan", "structure_factors", "amplitudes_phases", "refle
 
 PHASE_ZERO_BELOW = 0.01  # electrons: phases of |F| <= this are set to 0 (as PhAI's data generator does)
 _TWO_PI = 2.0 * np.pi
+_EIGHT_PI2 = 8.0 * np.pi**2
 
 
 @dataclasses.dataclass(frozen=True)
 class SFPlan:
-    """Per (space group, reflection set) precomputation: h·R_g and h·t_g for the operations summed.
-
-    Holds a scratch workspace so the hot path allocates no large temporaries (fresh multi-100 kB arrays cost
-    page faults that tripled the time); a plan is therefore for one thread at a time.
-    """
+    """Per (space group, reflection set) precomputation for the kernel; holds no scratch, so any thread may use it."""
 
     ops: SymOps
-    hkl: np.ndarray  # (H, 3) int
-    hr_t: np.ndarray  # (3, m*H) float64: columns h·R_g, operation-major
-    ht: np.ndarray  # (1, m*H) float64: h·t_g
-    real: bool  # F is real (inversion at the origin); then the m operations are one per {g, -g} pair
-    _work: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
-
-    def buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n, m*H) float64 and float32 scratch arrays, grown on demand."""
-        buf = self._work.get("f64")
-        if buf is None or len(buf) < n:
-            size = max(n, 2 * (0 if buf is None else len(buf)), 64)
-            self._work["f64"] = np.empty((size, self.hr_t.shape[1]))
-            self._work["f32"] = np.empty((size, self.hr_t.shape[1]), dtype=np.float32)
-        return self._work["f64"][:n], self._work["f32"][:n]
+    hkl: np.ndarray  # (H, 3) int, as given
+    real: bool  # F is real (inversion at the origin); then the operations summed are one per {g, -g} pair
+    rot: np.ndarray  # (m, 3, 3) float64: the operations summed
+    tran: np.ndarray  # (m, 3) float64
+    runs: np.ndarray  # (U, 5) int64: rows r0..r1 share (h, k) and have l = l0, l0 + 1, ...; then h, k, l0 − lo
+    lo: np.ndarray  # (3,) int64: lowest index per axis (≤ 0)
+    span: int  # rows of the power tables: max over axes of hi − lo + 1
+    products: np.ndarray  # (H, 6) float64: h², k², l², 2kl, 2hl, 2hk, for s² = products · G*/4
 
 
 def sf_plan(ops: SymOps, hkl: np.ndarray) -> SFPlan:
     hkl = np.asarray(hkl)
     sel = ops.half if ops.inversion_at_origin else np.arange(ops.n)
-    h = hkl.astype(np.float64)
-    hr_t = np.ascontiguousarray(np.einsum("hi,mij->mhj", h, ops.rot[sel]).reshape(-1, 3).T)
-    ht = np.einsum("hi,mi->mh", h, ops.tran[sel]).reshape(1, -1)
-    return SFPlan(ops=ops, hkl=hkl, hr_t=hr_t, ht=ht, real=bool(ops.inversion_at_origin))
+    h = hkl.astype(np.int64).reshape(-1, 3)
+    lo = np.minimum(h.min(axis=0, initial=0), 0)
+    hi = np.maximum(h.max(axis=0, initial=0), 0)
+    return SFPlan(ops=ops, hkl=hkl, real=bool(ops.inversion_at_origin), rot=np.ascontiguousarray(ops.rot[sel]),
+                  tran=np.ascontiguousarray(ops.tran[sel]), runs=_runs(h - lo), lo=lo,
+                  span=int((hi - lo).max()) + 1, products=hkl_products(h))
+
+
+def _runs(index: np.ndarray) -> np.ndarray:
+    """Maximal blocks of consecutive rows with equal (h, k) and l rising by one (the PhAI order: l fastest)."""
+    new = np.ones(len(index), dtype=bool)
+    new[1:] = (index[1:, 0] != index[:-1, 0]) | (index[1:, 1] != index[:-1, 1]) | (index[1:, 2] != index[:-1, 2] + 1)
+    r0 = np.flatnonzero(new)
+    r1 = np.append(r0[1:], len(index))
+    return np.ascontiguousarray(np.column_stack([r0, r1, index[r0]]).astype(np.int64))
 
 
 def structure_factors(plan: SFPlan, cell: np.ndarray, frac: np.ndarray, z: np.ndarray, occ: np.ndarray,
@@ -66,25 +70,73 @@ def structure_factors(plan: SFPlan, cell: np.ndarray, frac: np.ndarray, z: np.nd
     n_hkl = len(plan.hkl)
     if len(z) == 0:
         return np.zeros(n_hkl, dtype=np.complex128)
-    s2 = stol2(cell, plan.hkl)  # (H,)
-    zs, inv = np.unique(np.asarray(z, dtype=np.int64), return_inverse=True)
-    f0 = form_factors(zs, s2).astype(np.float32)[inv]  # (N, H)
-    u = np.asarray(uiso, dtype=np.float32)[:, None]
-    w = f0 * np.exp(np.float32(-8.0 * np.pi**2) * u * s2.astype(np.float32)[None, :])  # Debye-Waller, (N, H)
-    w *= np.asarray(occ, dtype=np.float32)[:, None]
-    x = np.asarray(frac, dtype=np.float64)
-    arg, arg32 = plan.buffers(len(x))
-    np.matmul(x, plan.hr_t, out=arg)  # (N, m*H), in cycles
-    arg += plan.ht
-    arg -= np.floor(arg)  # reduce before float32 trigonometry: keeps ~1e-7 cycle precision
-    arg *= _TWO_PI
-    arg32[...] = arg
-    c = np.cos(arg32, out=arg32).reshape(len(x), -1, n_hkl).sum(axis=1)  # (N, H)
+    s2 = stol2_of_products(cell, plan.products).astype(np.float32)  # (H,)
+    zs, zi = np.unique(np.asarray(z, dtype=np.int64), return_inverse=True)
+    a, b, c = it92_table()
+    # every exponential in one float32 call (1e-7 relative, the cost that remains): exp(-b_i s²) for the IT92
+    # terms of each element present, then the Debye-Waller factor exp(-8π² U_j s²) of each atom
+    coef = np.concatenate([b[zs].ravel(), _EIGHT_PI2 * np.asarray(uiso, dtype=np.float64)]).astype(np.float32)
+    e = np.multiply.outer(-coef, s2)
+    np.exp(e, out=e)
+    re, im = np.zeros(n_hkl), np.zeros(n_hkl)
+    _sum_atoms(plan.runs, plan.lo, plan.span, plan.rot, plan.tran, np.asarray(frac, dtype=np.float64),
+               zi.astype(np.int64), np.asarray(occ, dtype=np.float64), a[zs], c[zs], e, plan.real, re, im)
     if plan.real:
-        return (2.0 * (c * w).sum(axis=0, dtype=np.float64)).astype(np.complex128)
-    arg32[...] = arg
-    s = np.sin(arg32, out=arg32).reshape(len(x), -1, n_hkl).sum(axis=1)
-    return (c * w).sum(axis=0, dtype=np.float64) + 1j * (s * w).sum(axis=0, dtype=np.float64)
+        return (2.0 * re).astype(np.complex128)
+    return re + 1j * im
+
+
+@numba.njit(cache=True)
+def _power_tables(x: np.ndarray, lo: np.ndarray, t_re: np.ndarray, t_im: np.ndarray) -> None:
+    """t[a, n] = E_a^(n + lo_a), E_a = exp(2πi x_a): one sin/cos per axis (argument reduced mod 1 in float64),
+    then repeated multiplication (error ≈ |n|·ε)."""
+    span = t_re.shape[1]
+    for a in range(3):
+        ang = _TWO_PI * (x[a] - np.floor(x[a]))
+        c, s = math.cos(ang), math.sin(ang)
+        zero = -lo[a]
+        t_re[a, zero], t_im[a, zero] = 1.0, 0.0
+        for n in range(zero + 1, span):  # E^n = E^(n-1) · E
+            pr, pi = t_re[a, n - 1], t_im[a, n - 1]
+            t_re[a, n], t_im[a, n] = pr * c - pi * s, pr * s + pi * c
+        for n in range(zero - 1, -1, -1):  # E^-n = E^-(n-1) · conj(E)
+            pr, pi = t_re[a, n + 1], t_im[a, n + 1]
+            t_re[a, n], t_im[a, n] = pr * c + pi * s, pi * c - pr * s
+
+
+@numba.njit(cache=True)
+def _sum_atoms(runs: np.ndarray, lo: np.ndarray, span: int, rot: np.ndarray, tran: np.ndarray, frac: np.ndarray,
+               zi: np.ndarray, occ: np.ndarray, ff_a: np.ndarray, ff_c: np.ndarray, e: np.ndarray, real: bool,
+               re: np.ndarray, im: np.ndarray) -> None:
+    """re (+ i·im) = Σ_j occ_j f0_j DW_j Σ_g exp(2πi h·x_jg), with exp(2πi h·x) = E_h E_k E_l (E = exp(2πi x_a)
+    to the power of the index): per run of rows sharing (h, k) with consecutive l, one product E_h E_k, then one
+    complex product per reflection, in place of the cosine (and sine) of a long argument."""
+    n_hkl, m, n_z = e.shape[1], rot.shape[0], ff_a.shape[0]
+    f0 = np.empty((n_z, n_hkl))
+    for q in range(n_z):  # IT92: f0 = Σ a_i exp(-b_i s²) + c
+        for r in range(n_hkl):
+            f0[q, r] = (ff_a[q, 0] * e[4 * q, r] + ff_a[q, 1] * e[4 * q + 1, r] + ff_a[q, 2] * e[4 * q + 2, r]
+                        + ff_a[q, 3] * e[4 * q + 3, r] + ff_c[q])
+    t_re, t_im = np.empty((3, span)), np.empty((3, span))
+    x, w = np.empty(3), np.empty(n_hkl)
+    for j in range(frac.shape[0]):
+        q, dw, o = zi[j], 4 * n_z + j, occ[j]
+        for r in range(n_hkl):
+            w[r] = o * f0[q, r] * e[dw, r]
+        for g in range(m):
+            for a in range(3):
+                x[a] = rot[g, a, 0] * frac[j, 0] + rot[g, a, 1] * frac[j, 1] + rot[g, a, 2] * frac[j, 2] + tran[g, a]
+            _power_tables(x, lo, t_re, t_im)
+            for u in range(runs.shape[0]):
+                r0, r1, ih, ik, il = runs[u, 0], runs[u, 1], runs[u, 2], runs[u, 3], runs[u, 4]
+                pr = t_re[0, ih] * t_re[1, ik] - t_im[0, ih] * t_im[1, ik]
+                pi = t_re[0, ih] * t_im[1, ik] + t_im[0, ih] * t_re[1, ik]
+                off = il - r0  # row r has power l − lo = off + r
+                for r in range(r0, r1):
+                    re[r] += w[r] * (pr * t_re[2, off + r] - pi * t_im[2, off + r])
+                if not real:
+                    for r in range(r0, r1):
+                        im[r] += w[r] * (pr * t_im[2, off + r] + pi * t_re[2, off + r])
 
 
 def amplitudes_phases(f: np.ndarray, real: bool) -> tuple[np.ndarray, np.ndarray]:
