@@ -12,7 +12,7 @@ range below (one line naming the value and the bound). Why each bound is where i
 * tries ≤ 100 per atom (the paper: 10 and 20), atoms ≤ 5,000 per cell: each try checks the candidate against
   every placed image, so one structure costs about atoms × tries × atoms; at the bounds a structure takes
   seconds (benchmarks/bench_generator.py measures the largest allowed cell), not hours, and its scratch
-  arrays stay in megabytes (fill.CHUNK bounds the random numbers drawn at once).
+  arrays stay in megabytes.
 """
 from __future__ import annotations
 

@@ -116,16 +116,17 @@ def skew_cell(rng: np.random.Generator, edges: np.ndarray, cfg: CellConfig) -> n
         s3 = rng.uniform(_s_lower(cfg.beta_max, c, cfg.a_max, cfg.adjusted_s3), 0.0)
     if cfg.skew == "triclinic":
         s2 = rng.uniform(_s_lower(cfg.beta_max, b, cfg.a_max, cfg.adjusted_s3), 0.0)
-    vecs = np.array([[a, 0.0, 0.0], [s2 * b, b, 0.0], [s3 * c, 0.0, c]])  # rows: S·a_n
-    return cell_from_vectors(vecs)
+    return cell_from_vectors(((a, 0.0, 0.0), (s2 * b, b, 0.0), (s3 * c, 0.0, c)))  # rows: S·a_n
 
 
-def cell_from_vectors(vecs: np.ndarray) -> np.ndarray:
-    """(a, b, c, α, β, γ) in Å and degrees from three lattice vectors (rows)."""
-    lengths = np.linalg.norm(vecs, axis=1)
+def cell_from_vectors(vecs) -> np.ndarray:
+    """(a, b, c, α, β, γ) in Å and degrees from three lattice vectors (rows); scalar math, no small arrays."""
+    v = [[float(x) for x in row] for row in vecs]
+    lengths = [math.sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]) for r in v]
 
     def angle(i: int, j: int) -> float:
-        return math.degrees(math.acos(float(vecs[i] @ vecs[j]) / (lengths[i] * lengths[j])))
+        dot = v[i][0] * v[j][0] + v[i][1] * v[j][1] + v[i][2] * v[j][2]
+        return math.degrees(math.acos(max(-1.0, min(1.0, dot / (lengths[i] * lengths[j])))))
 
     return np.array([*lengths, angle(1, 2), angle(0, 2), angle(0, 1)])
 

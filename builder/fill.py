@@ -22,14 +22,14 @@ from builder.bounds import D_MIN_MAX, FACTOR_MAX, MAX_TRIES, U_ISO_MAX, V_ATOM_M
     check_range
 from builder.elements import atomic_number, covalent_radii_table
 from builder.geometry import (RULE_MIN_DISTANCE, RULE_MOLECULE, add_atom, draw_element, first_valid, place_general,
-                              plane_spacings)
+                              stream_need)
 from builder.structure import Structure
 from builder.symmetry import SymOps, inversion_centres, site_multiplicity, space_group_ops
 
-__all__ = ["FILLERS", "FillConfig", "ElementTable", "fill_atoms", "CHUNK"]
+__all__ = ["FILLERS", "FillConfig", "ElementTable", "fill_atoms"]
 
 FILLERS = ("random", "random-equal", "molecules")
-CHUNK = 64  # general atoms whose random numbers are drawn at once: bounds the scratch memory per structure
+STREAM_PER_ATOM = 16  # uniforms drawn per atom still to place (typical use: 5–15); more are appended if needed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +155,7 @@ class _Placed:
 
 @dataclasses.dataclass(frozen=True)
 class _Geometry:
-    """What the kernels need of the cell and space group: matrices from gemmi, operations, plane spacings."""
+    """What the kernels need of the cell and space group, from gemmi: matrices, plane spacings, volume."""
 
     ops: SymOps
     orth: np.ndarray
@@ -166,8 +166,9 @@ class _Geometry:
     @classmethod
     def of(cls, cell: np.ndarray, ops: SymOps) -> "_Geometry":
         uc = gemmi.UnitCell(*map(float, cell))
-        frac_m = np.array(uc.frac.mat.tolist())
-        return cls(ops, np.array(uc.orth.mat.tolist()), frac_m, plane_spacings(frac_m), uc.volume)
+        rc = uc.reciprocal()  # d_a = 1/|a*|: the spacing of the lattice planes normal to a*
+        return cls(ops, np.array(uc.orth.mat.tolist()), np.array(uc.frac.mat.tolist()),
+                   np.array([1.0 / rc.a, 1.0 / rc.b, 1.0 / rc.c]), uc.volume)
 
 
 def fill_atoms(rng: np.random.Generator, cell: np.ndarray, space_group: str, cfg: FillConfig) -> Structure:
@@ -184,8 +185,7 @@ def fill_atoms(rng: np.random.Generator, cell: np.ndarray, space_group: str, cfg
         (RULE_MIN_DISTANCE, cfg.d_min, 0.0, 0.0)
     _place_special(rng, geo, centres, special, cfg.special_p, rule, placed)
     n_special = placed.n
-    for start in range(0, n_heavy + n_h, CHUNK):
-        _place_chunk(rng, geo, general, cfg, rule, n_heavy, start, min(start + CHUNK, n_heavy + n_h), placed)
+    _place_general(rng, geo, general, cfg, rule, n_heavy, n_heavy + n_h, placed)
     n = placed.n
     u0 = rng.uniform(*cfg.u_iso)
     uiso = u0 + rng.uniform(-cfg.u_iso_jitter, cfg.u_iso_jitter, size=n)
@@ -206,9 +206,8 @@ def _place_special(rng: np.random.Generator, geo: _Geometry, centres, table: Ele
     element that clashes (with an earlier special atom or its own images) is replaced by another of the table,
     each element tried at most once, so a centre stays empty only when no element of the table fits."""
     radii = covalent_radii_table()
-    for centre in centres:
-        if rng.random() >= p:
-            continue
+    occupied = rng.random(len(centres)) < p
+    for centre in np.asarray(centres)[occupied]:
         x = np.array(centre)
         occ = 1.0 / site_multiplicity(geo.ops, x)
         excluded = np.zeros(len(table.z), dtype=np.bool_)
@@ -221,21 +220,18 @@ def _place_special(rng: np.random.Generator, geo: _Geometry, centres, table: Ele
             excluded |= table.z == z
 
 
-def _place_chunk(rng: np.random.Generator, geo: _Geometry, table: ElementTable, cfg: FillConfig, rule: tuple,
-                 n_heavy: int, start: int, stop: int, placed: _Placed) -> None:
-    """General atoms start..stop (non-H first): their random numbers are drawn here, in a fixed layout, and the
-    numba kernel consumes them (steps 2–7 for molecules, steps 1–4 of the random procedure otherwise)."""
-    m, molecules = stop - start, cfg.filler == "molecules"
+def _place_general(rng: np.random.Generator, geo: _Geometry, table: ElementTable, cfg: FillConfig, rule: tuple,
+                   n_heavy: int, n_total: int, placed: _Placed) -> None:
+    """General atoms (non-H first), steps 2–7 for molecules, steps 1–4 of the random procedure otherwise. The
+    kernel reads one stream of uniforms; whenever it may run short, the unread rest is kept and fresh uniforms are
+    appended (a block size fixed by the atoms left), so the stream, and every atom, depends only on the seed."""
+    molecules = cfg.filler == "molecules"
     tries = cfg.molecule_tries if molecules else cfg.random_tries
-    u_el0 = rng.random(m)
-    u_pos = rng.random((m, tries, 3))
-    if molecules:
-        u_pick, u_len = rng.random((m, 2, tries)), rng.random((m, 2, tries))
-        normal, u_el = rng.standard_normal((m, 2, tries, 3)), rng.random(m)
-    else:
-        u_pick = u_len = np.empty((m, 2, 0))
-        normal, u_el = np.empty((m, 2, 0, 3)), np.empty(m)
-    k = m if cfg.filler == "random-equal" else max(0, min(m, n_heavy - start))  # random-equal: H is that element too
-    place_general(k, molecules, u_el0, u_pos, u_pick, u_len, normal, u_el, table.z, table.cdf,
-                  covalent_radii_table(), cfg.bond[0], cfg.bond[1], geo.orth, geo.frac_m, geo.spacing, geo.ops.rot,
-                  geo.ops.tran, *rule, *placed.state())
+    k = n_total if cfg.filler == "random-equal" else n_heavy  # random-equal: H is that element too
+    need = stream_need(molecules, tries)
+    i, q, u = 0, 0, np.empty(0)
+    while i < n_total:
+        u = np.concatenate([u[q:], rng.random(need + STREAM_PER_ATOM * (n_total - i))])
+        i, q = place_general(i, n_total, k, molecules, tries, u, 0, table.z, table.cdf, covalent_radii_table(),
+                             cfg.bond[0], cfg.bond[1], geo.orth, geo.frac_m, geo.spacing, geo.ops.rot, geo.ops.tran,
+                             *rule, *placed.state())

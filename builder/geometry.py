@@ -7,8 +7,8 @@ max(0.9, 1.4)·R_Σ), and a lattice image at fractional offset f + n is at least
 spacing of the lattice planes normal to a*), so only the offsets n inside that slab are visited: exact for any
 cell, and most pairs are cleared by three comparisons.
 
-The kernels take no random generator: every random number is drawn beforehand with NumPy (`fill.py`), so the
-numbers a structure uses depend only on its seed, and the kernels do plain arithmetic on them.
+The kernels take no random generator: they read uniforms that NumPy drew beforehand (`fill.py`), one after the
+other as the procedure needs them, so the numbers a structure uses depend only on its seed.
 """
 from __future__ import annotations
 
@@ -18,17 +18,12 @@ import numba
 import numpy as np
 
 __all__ = ["RULE_MIN_DISTANCE", "RULE_MOLECULE", "first_valid", "add_atom", "place_general", "draw_element",
-           "plane_spacings"]
+           "stream_need"]
 
 RULE_MIN_DISTANCE = 0  # d ≥ d_min (random atoms)
 RULE_MOLECULE = 1  # d > lo·R_Σ and d ∉ [band_lo·R_Σ, band_hi·R_Σ] (artificial molecules)
 _COINCIDENT = 1e-4  # Å: images of a special-position atom that coincide with it (counted by its occupancy)
 _SLAB_MARGIN = 1.0 + 1e-9  # widen the visited slab by a hair so rounding never drops a boundary image
-
-
-def plane_spacings(frac_m: np.ndarray) -> np.ndarray:
-    """d_a = 1/|a*| for the three axes: the rows of the fractionalisation matrix are a*, b*, c* (Å⁻¹)."""
-    return 1.0 / np.sqrt((frac_m * frac_m).sum(axis=1))
 
 
 @numba.njit(cache=True, inline="always")
@@ -151,59 +146,76 @@ def draw_element(u: float, table_z: np.ndarray, cdf: np.ndarray, excluded: np.nd
 
 
 @numba.njit(cache=True)
-def _bond(i: int, p: int, z: int, u_pick: np.ndarray, u_len: np.ndarray, normal: np.ndarray, radii: np.ndarray,
-          bond_lo: float, bond_hi: float, orth: np.ndarray, frac_m: np.ndarray, spacing: np.ndarray, rot: np.ndarray,
-          tran: np.ndarray, rule: int, p0: float, p1: float, p2: float, frac: np.ndarray, zs: np.ndarray,
-          occs: np.ndarray, img: np.ndarray, img_r: np.ndarray, anchors: np.ndarray, counts: np.ndarray) -> bool:
-    """§3.5 steps 4–6, pass p of atom i: anchor A (uniform over the anchors), d ~ U(lo, hi)·R_Σ, a point uniform
-    on the sphere about A (Muller 1959: a normalised Gaussian vector); the first candidate that fits is kept."""
+def stream_need(molecules: bool, tries: int) -> int:
+    """Most uniforms one general atom can use: an element, then 3 per random try, or two passes of 4 per bond
+    try and another element. `place_general` stops before an atom when fewer than this are left."""
+    return 1 + (8 * tries + 1 if molecules else 3 * tries)
+
+
+@numba.njit(cache=True)
+def _bond(z: int, u: np.ndarray, q: int, tries: int, radii: np.ndarray, bond_lo: float, bond_hi: float,
+          orth: np.ndarray, frac_m: np.ndarray, spacing: np.ndarray, rot: np.ndarray, tran: np.ndarray, rule: int,
+          p0: float, p1: float, p2: float, frac: np.ndarray, zs: np.ndarray, occs: np.ndarray, img: np.ndarray,
+          img_r: np.ndarray, anchors: np.ndarray, counts: np.ndarray) -> tuple[bool, int]:
+    """§3.5 steps 4–6, up to `tries` candidates from the uniforms at u[q:], 4 each: anchor A (uniform over the
+    anchors), d ~ U(lo, hi)·R_Σ, and a point uniform on the sphere about A (z ~ U(−1, 1), φ ~ U(0, 2π): the
+    distribution of Muller's normalised Gaussian, from two uniforms). The first candidate that fits is kept."""
     n_anchor, r = counts[2], radii[z]
-    for t in range(u_pick.shape[2]):
-        a = anchors[min(int(u_pick[i, p, t] * n_anchor), n_anchor - 1)]
-        length = (bond_lo + (bond_hi - bond_lo) * u_len[i, p, t]) * (radii[zs[a]] + r)
-        v0, v1, v2 = normal[i, p, t, 0], normal[i, p, t, 1], normal[i, p, t, 2]
-        s = length / math.sqrt(v0 * v0 + v1 * v1 + v2 * v2)
-        v0, v1, v2 = v0 * s, v1 * s, v2 * s  # Cartesian bond vector → fractional
+    for _ in range(tries):
+        a = anchors[min(int(u[q] * n_anchor), n_anchor - 1)]
+        length = (bond_lo + (bond_hi - bond_lo) * u[q + 1]) * (radii[zs[a]] + r)
+        cz = 2.0 * u[q + 2] - 1.0
+        phi = 2.0 * math.pi * u[q + 3]
+        q += 4
+        rxy = math.sqrt(max(0.0, 1.0 - cz * cz)) * length
+        v0, v1, v2 = rxy * math.cos(phi), rxy * math.sin(phi), cz * length  # Cartesian bond vector
         c0 = frac[a, 0] + frac_m[0, 0] * v0 + frac_m[0, 1] * v1 + frac_m[0, 2] * v2
         c1 = frac[a, 1] + frac_m[1, 0] * v0 + frac_m[1, 1] * v1 + frac_m[1, 2] * v2
         c2 = frac[a, 2] + frac_m[2, 0] * v0 + frac_m[2, 1] * v1 + frac_m[2, 2] * v2
         c0, c1, c2 = c0 - np.floor(c0), c1 - np.floor(c1), c2 - np.floor(c2)
         if _fits(c0, c1, c2, r, orth, spacing, rot, tran, img, img_r, counts[1], rule, p0, p1, p2):
             add_atom(c0, c1, c2, z, r, 1.0, rot, tran, frac, zs, occs, img, img_r, anchors, counts)
-            return True
-    return False
+            return True, q
+    return False, q
 
 
 @numba.njit(cache=True)
-def place_general(n_heavy: int, molecules: bool, u_el0: np.ndarray, u_pos: np.ndarray, u_pick: np.ndarray,
-                  u_len: np.ndarray, normal: np.ndarray, u_el: np.ndarray, table_z: np.ndarray, cdf: np.ndarray,
-                  radii: np.ndarray,
-                  bond_lo: float, bond_hi: float, orth: np.ndarray, frac_m: np.ndarray, spacing: np.ndarray,
-                  rot: np.ndarray, tran: np.ndarray, rule: int, p0: float, p1: float, p2: float, frac: np.ndarray,
-                  zs: np.ndarray, occs: np.ndarray, img: np.ndarray, img_r: np.ndarray, anchors: np.ndarray,
-                  counts: np.ndarray) -> None:
-    """Place len(u_el0) general-position atoms, the first n_heavy drawn from the table (u_el0), then H (§3.5):
-    uniform positions for the random fillers and for the first general atom of a molecule structure (step 2:
-    special atoms do not count; counts[3] holds the general atoms placed so far), bonds to anchors afterwards
-    (steps 3–6), one other element, then drop."""
+def place_general(start: int, n_total: int, n_heavy: int, molecules: bool, tries: int, u: np.ndarray, q: int,
+                  table_z: np.ndarray, cdf: np.ndarray, radii: np.ndarray, bond_lo: float, bond_hi: float,
+                  orth: np.ndarray, frac_m: np.ndarray, spacing: np.ndarray, rot: np.ndarray, tran: np.ndarray,
+                  rule: int, p0: float, p1: float, p2: float, frac: np.ndarray, zs: np.ndarray, occs: np.ndarray,
+                  img: np.ndarray, img_r: np.ndarray, anchors: np.ndarray, counts: np.ndarray) -> tuple[int, int]:
+    """Place general atoms start..n_total − 1 (the first n_heavy drawn from the table, then H) in order, reading
+    uniforms from u[q:] as needed (§3.5): uniform positions for the random fillers and for the first general atom
+    of a molecule structure (step 2: special atoms do not count; counts[3] holds the general atoms placed so
+    far), bonds to anchors afterwards (steps 3–6), one other element, then drop. Returns (next atom, next q):
+    it stops early when u may run short, and the caller appends uniforms and calls again."""
     excluded = np.zeros(len(table_z), dtype=np.bool_)
-    for i in range(len(u_el0)):
-        z = draw_element(u_el0[i], table_z, cdf, excluded) if i < n_heavy else 1  # step 3
+    need = stream_need(molecules, tries)
+    for i in range(start, n_total):
+        if len(u) - q < need:
+            return i, q
+        z = 1
+        if i < n_heavy:  # step 3
+            z = draw_element(u[q], table_z, cdf, excluded)
+            q += 1
         if not molecules or counts[3] == 0 or counts[2] == 0:
-            for t in range(u_pos.shape[1]):
-                c0, c1, c2 = u_pos[i, t, 0], u_pos[i, t, 1], u_pos[i, t, 2]
+            for _ in range(tries):
+                c0, c1, c2 = u[q], u[q + 1], u[q + 2]
+                q += 3
                 if _fits(c0, c1, c2, radii[z], orth, spacing, rot, tran, img, img_r, counts[1], rule, p0, p1, p2):
                     add_atom(c0, c1, c2, z, radii[z], 1.0, rot, tran, frac, zs, occs, img, img_r, anchors, counts)
                     counts[3] += 1
                     break
             continue
-        ok = _bond(i, 0, z, u_pick, u_len, normal, radii, bond_lo, bond_hi, orth, frac_m, spacing, rot, tran,
-                   rule, p0, p1, p2, frac, zs, occs, img, img_r, anchors, counts)
+        ok, q = _bond(z, u, q, tries, radii, bond_lo, bond_hi, orth, frac_m, spacing, rot, tran, rule, p0, p1, p2,
+                      frac, zs, occs, img, img_r, anchors, counts)
         if not ok and z != 1 and len(table_z) > 1:  # step 6: another element, then drop
             excluded[:] = table_z == z
-            z2 = draw_element(u_el[i], table_z, cdf, excluded)
+            z = draw_element(u[q], table_z, cdf, excluded)
             excluded[:] = False
-            ok = _bond(i, 1, z2, u_pick, u_len, normal, radii, bond_lo, bond_hi, orth, frac_m, spacing, rot, tran,
-                       rule, p0, p1, p2, frac, zs, occs, img, img_r, anchors, counts)
+            ok, q = _bond(z, u, q + 1, tries, radii, bond_lo, bond_hi, orth, frac_m, spacing, rot, tran, rule, p0, p1,
+                          p2, frac, zs, occs, img, img_r, anchors, counts)
         if ok:
             counts[3] += 1
+    return n_total, q

@@ -67,23 +67,30 @@ def _runs(index: np.ndarray) -> np.ndarray:
 def structure_factors(plan: SFPlan, cell: np.ndarray, frac: np.ndarray, z: np.ndarray, occ: np.ndarray,
                       uiso: np.ndarray) -> np.ndarray:
     """Complex F (H,) in electrons for the asymmetric unit (frac, z, occ, uiso) in `cell` (a, b, c, α, β, γ)."""
+    re, im = _f_parts(plan, cell, frac, z, occ, uiso)
+    return re.astype(np.complex128) if plan.real else re + 1j * im
+
+
+def _f_parts(plan: SFPlan, cell: np.ndarray, frac: np.ndarray, z: np.ndarray, occ: np.ndarray,
+             uiso: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Re F, Im F) in electrons, float64; Im F is zero when the plan is real."""
     n_hkl = len(plan.hkl)
+    re, im = np.zeros(n_hkl), np.zeros(n_hkl)
     if len(z) == 0:
-        return np.zeros(n_hkl, dtype=np.complex128)
+        return re, im
     s2 = stol2_of_products(cell, plan.products).astype(np.float32)  # (H,)
-    zs, zi = np.unique(np.asarray(z, dtype=np.int64), return_inverse=True)
+    zs = np.array(sorted(set(np.asarray(z).tolist())), dtype=np.int64)  # the elements present, ascending
     a, b, c = it92_table()
     # every exponential in one float32 call (1e-7 relative, the cost that remains): exp(-b_i s²) for the IT92
     # terms of each element present, then the Debye-Waller factor exp(-8π² U_j s²) of each atom
     coef = np.concatenate([b[zs].ravel(), _EIGHT_PI2 * np.asarray(uiso, dtype=np.float64)]).astype(np.float32)
     e = np.multiply.outer(-coef, s2)
     np.exp(e, out=e)
-    re, im = np.zeros(n_hkl), np.zeros(n_hkl)
     _sum_atoms(plan.runs, plan.lo, plan.span, plan.rot, plan.tran, np.asarray(frac, dtype=np.float64),
-               zi.astype(np.int64), np.asarray(occ, dtype=np.float64), a[zs], c[zs], e, plan.real, re, im)
+               np.searchsorted(zs, z), np.asarray(occ, dtype=np.float64), a[zs], c[zs], e, plan.real, re, im)
     if plan.real:
-        return (2.0 * re).astype(np.complex128)
-    return re + 1j * im
+        re *= 2.0  # the pair {g, -g}: 2 cos
+    return re, im
 
 
 @numba.njit(cache=True)
@@ -140,13 +147,13 @@ def _sum_atoms(runs: np.ndarray, lo: np.ndarray, span: int, rot: np.ndarray, tra
 
 
 def amplitudes_phases(f: np.ndarray, real: bool) -> tuple[np.ndarray, np.ndarray]:
-    """|F| and φ (radians, float32). Centric (real) F gets φ ∈ {0, π}; |F| <= 0.01 e gets φ = 0."""
+    """|F| and φ (radians, float32) of complex F (or of real F when `real`). Centric (real) F gets φ ∈ {0, π};
+    |F| <= 0.01 e gets φ = 0."""
     amp = np.abs(f)
     if real:
-        phase = np.where(f.real < 0, np.pi, 0.0)
-    else:
-        phase = np.mod(np.angle(f), 2 * np.pi)
-    phase = np.where(amp <= PHASE_ZERO_BELOW, 0.0, phase)
+        phase = np.where((f.real < 0) & (amp > PHASE_ZERO_BELOW), np.float32(np.pi), np.float32(0.0))
+        return amp.astype(np.float32), phase
+    phase = np.where(amp <= PHASE_ZERO_BELOW, 0.0, np.mod(np.angle(f), 2 * np.pi))
     return amp.astype(np.float32), phase.astype(np.float32)
 
 
@@ -158,4 +165,5 @@ def _phai_plan(space_group: str, max_index: int) -> SFPlan:
 def reflections_of(s: Structure, max_index: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """|F| and φ (float32) on the PhAI set, from the structure exactly as stored (float32 arrays)."""
     plan = _phai_plan(s.space_group, max_index)
-    return amplitudes_phases(structure_factors(plan, s.cell, s.frac, s.z, s.occ, s.uiso), plan.real)
+    re, im = _f_parts(plan, s.cell, s.frac, s.z, s.occ, s.uiso)
+    return amplitudes_phases(re if plan.real else re + 1j * im, plan.real)
