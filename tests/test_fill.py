@@ -14,14 +14,14 @@ from builder.symmetry import space_group_ops
 SHIFTS = np.array(list(itertools.product(range(-2, 3), repeat=3)), dtype=np.float64)  # 125 cells
 
 
-def pair_distances(s):
-    """(d, R_Σ) for every ASU atom against every P1 image in the 125 surrounding cells (numpy, no numba)."""
+def pair_distances(s, shifts=SHIFTS):
+    """(d, R_Σ) for every ASU atom against every P1 image in the surrounding cells (numpy, no numba)."""
     ops = space_group_ops(s.space_group)
     orth = np.array(gemmi.UnitCell(*s.cell).orth.mat.tolist())
     x = s.frac.astype(np.float64)
     p1 = (np.einsum("gij,nj->gni", ops.rot, x) + ops.tran[:, None, :]).reshape(-1, 3) % 1.0  # (g*N, 3)
     p1_r = np.tile(covalent_radii_table()[s.z], ops.n)
-    diff = x[:, None, None, :] - p1[None, :, None, :] - SHIFTS[None, None, :, :]  # (N, gN, 125, 3)
+    diff = x[:, None, None, :] - p1[None, :, None, :] - shifts[None, None, :, :]  # (N, gN, cells, 3)
     d = np.linalg.norm(diff @ orth.T, axis=-1)
     r_sum = covalent_radii_table()[s.z][:, None, None] + p1_r[None, :, None]
     keep = d > 1e-4  # an atom's coincident images (special positions) are one atom
@@ -35,6 +35,30 @@ def test_random_atoms_keep_d_min(strategies, name):
         d, _ = pair_distances(s)
         assert d.min() >= 1.2 - 1e-5, f"sample {i}: atoms {d.min():.3f} Å apart"
         assert s.n_special == 0
+
+
+def test_rules_hold_in_thin_oblique_cells(tmp_path):
+    """The distance kernel visits only lattice offsets inside the slab |f_a + n_a|·d_a ≤ reach; in small, very
+    oblique triclinic cells (plane spacings below the reach) it must still find every close image: checked
+    against all 11³ neighbouring cells by plain NumPy (the old ±1-cell search fails this)."""
+    from builder.strategy import load_strategy
+
+    path = tmp_path / "thin.toml"
+    path.write_text('name = "thin"\nspace_group = "P -1"\n[cell]\nsampler = "uniform-edges"\na_min = 4.0\n'
+                    'a_max = 5.0\nskew = "triclinic"\nadjusted_s3 = false\nbeta_max = 170.0\n'
+                    '[fill]\nfiller = "random"\nspecial_p = 0.0\nd_min = 2.0\nv_atom = [10.0, 20.0]\n'
+                    '[priors]\nstats = "cod-molecular"\n')
+    strat = load_strategy(path)
+    wide = np.array(list(itertools.product(range(-5, 6), repeat=3)), dtype=np.float64)
+    smallest_spacing = np.inf
+    for i in range(40):
+        s = generate_structure(strat, 0, i)
+        uc = gemmi.UnitCell(*s.cell)
+        rc = uc.reciprocal()
+        smallest_spacing = min(smallest_spacing, 1 / rc.a, 1 / rc.b, 1 / rc.c)
+        d, _ = pair_distances(s, wide)
+        assert d.min() >= 2.0 - 1e-5, f"sample {i}: atoms {d.min():.3f} Å apart"
+    assert smallest_spacing < 2.0 / 1.5  # thinner than reach / 1.5: offsets beyond ±1 matter
 
 
 def test_random_equal_has_one_element(strategies):
