@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # a baseline's run imports `builder` from that tree, the rest here
 STRATEGIES = ("lognormal-molecules", "uniform-edges-molecules", "lognormal-random")
 WORST_TOML = """name = "largest-allowed"
 [cell]
@@ -95,10 +95,10 @@ def _run_tree(tree: Path, names: list[str], n: int) -> dict:
 
 def compare(rev: str, names: list[str], n: int, repeats: int) -> dict:
     """Alternate baseline and current runs; medians and median per-pair ratios (current / baseline speed)."""
+    from benchmarks.common import unpack_commit
+
     with tempfile.TemporaryDirectory() as d:
-        base = Path(d)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+        base = unpack_commit(rev, Path(d))
         runs = {"baseline": [], "current": []}
         for _ in range(repeats):
             runs["baseline"].append(_run_tree(base, names, n))
@@ -139,11 +139,9 @@ def main() -> None:
         runs = [_run_tree(ROOT, args.strategy, args.n) for _ in range(args.repeats)]
         result["current"] = {name: {key: statistics.median(r[name][key] for r in runs) for key in runs[0][name]}
                              for name in args.strategy}
-    text = json.dumps(result, indent=1, sort_keys=True)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    from benchmarks.common import emit
+
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # a baseline's run imports `builder` from that tree, the rest here
 BINOMIAL = [0.95**4, 4 * 0.05 * 0.95**3, 1 - 0.95**4 - 4 * 0.05 * 0.95**3]
 
 
@@ -109,21 +109,17 @@ def main() -> None:
     if args.measure_only:
         print(json.dumps(measure(args.n, args.seed, args.mc)))
         return
+    from benchmarks.common import emit, unpack_commit
+
     result = {"current": measure(args.n, args.seed, args.mc)}
     if args.baseline_commit:
         with tempfile.TemporaryDirectory() as d:
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_commit], capture_output=True,
-                                     check=True).stdout
-            subprocess.run(["tar", "-x", "-C", d], input=archive, check=True)
+            unpack_commit(args.baseline_commit, Path(d))
             res = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--measure-only", "--n", str(args.n),
                                   "--seed", str(args.seed), "--mc", str(args.mc)], cwd=d, capture_output=True,
                                  text=True, check=True, env={**os.environ, "PYTHONPATH": d})
         result["baseline"] = {"commit": args.baseline_commit, **json.loads(res.stdout)}
-    text = json.dumps(result, indent=1, sort_keys=True)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
