@@ -31,16 +31,20 @@ _EIGHT_PI2 = 8.0 * np.pi**2
 
 @dataclasses.dataclass(frozen=True)
 class SFPlan:
-    """Per (space group, reflection set) precomputation for the kernel; holds no scratch, so any thread may use it."""
+    """Per (space group, reflection set) precomputation for the kernel; holds no scratch, so any thread may use it.
+
+    The kernel sums each atom image over the box of indices spanned by the set, laid out [k][l][h] (h fastest),
+    visiting in each (k, l) row only the h that the set holds, then reads each reflection from its box cell."""
 
     ops: SymOps
     hkl: np.ndarray  # (H, 3) int, as given
     real: bool  # F is real (inversion at the origin); then the operations summed are one per {g, -g} pair
     rot: np.ndarray  # (m, 3, 3) float64: the operations summed
     tran: np.ndarray  # (m, 3) float64
-    runs: np.ndarray  # (U, 5) int64: rows r0..r1 share (h, k) and have l = l0, l0 + 1, ...; then h, k, l0 − lo
     lo: np.ndarray  # (3,) int64: lowest index per axis (≤ 0)
-    span: int  # rows of the power tables: max over axes of hi − lo + 1
+    spans: np.ndarray  # (3,) int64: indices per axis, hi − lo + 1 (0 always inside)
+    rows: np.ndarray  # (spans_k · spans_l, 2) int64: the h range (box columns) each (k, l) row needs, [a, b)
+    cell_of: np.ndarray  # (H,) int64: each reflection's box cell
     products: np.ndarray  # (H, 6) float64: h², k², l², 2kl, 2hl, 2hk, for s² = products · G*/4
 
 
@@ -49,19 +53,18 @@ def sf_plan(ops: SymOps, hkl: np.ndarray) -> SFPlan:
     sel = ops.half if ops.inversion_at_origin else np.arange(ops.n)
     h = hkl.astype(np.int64).reshape(-1, 3)
     lo = np.minimum(h.min(axis=0, initial=0), 0)
-    hi = np.maximum(h.max(axis=0, initial=0), 0)
+    spans = np.maximum(h.max(axis=0, initial=0), 0) - lo + 1
+    idx = h - lo
+    row = idx[:, 1] * spans[2] + idx[:, 2]
+    rows = np.zeros((spans[1] * spans[2], 2), dtype=np.int64)
+    if len(h):
+        rows[:, 0] = spans[0]
+        np.minimum.at(rows[:, 0], row, idx[:, 0])
+        np.maximum.at(rows[:, 1], row, idx[:, 0] + 1)
+        rows[rows[:, 0] >= rows[:, 1]] = 0  # rows the set does not touch
     return SFPlan(ops=ops, hkl=hkl, real=bool(ops.inversion_at_origin), rot=np.ascontiguousarray(ops.rot[sel]),
-                  tran=np.ascontiguousarray(ops.tran[sel]), runs=_runs(h - lo), lo=lo,
-                  span=int((hi - lo).max()) + 1, products=hkl_products(h))
-
-
-def _runs(index: np.ndarray) -> np.ndarray:
-    """Maximal blocks of consecutive rows with equal (h, k) and l rising by one (the PhAI order: l fastest)."""
-    new = np.ones(len(index), dtype=bool)
-    new[1:] = (index[1:, 0] != index[:-1, 0]) | (index[1:, 1] != index[:-1, 1]) | (index[1:, 2] != index[:-1, 2] + 1)
-    r0 = np.flatnonzero(new)
-    r1 = np.append(r0[1:], len(index))
-    return np.ascontiguousarray(np.column_stack([r0, r1, index[r0]]).astype(np.int64))
+                  tran=np.ascontiguousarray(ops.tran[sel]), lo=lo, spans=spans, rows=rows,
+                  cell_of=np.ascontiguousarray(row * spans[0] + idx[:, 0]), products=hkl_products(h))
 
 
 def structure_factors(plan: SFPlan, cell: np.ndarray, frac: np.ndarray, z: np.ndarray, occ: np.ndarray,
@@ -86,7 +89,7 @@ def _f_parts(plan: SFPlan, cell: np.ndarray, frac: np.ndarray, z: np.ndarray, oc
     coef = np.concatenate([b[zs].ravel(), _EIGHT_PI2 * np.asarray(uiso, dtype=np.float64)]).astype(np.float32)
     e = np.multiply.outer(-coef, s2)
     np.exp(e, out=e)
-    _sum_atoms(plan.runs, plan.lo, plan.span, plan.rot, plan.tran, np.asarray(frac, dtype=np.float64),
+    _sum_atoms(plan.cell_of, plan.rows, plan.lo, plan.spans, plan.rot, plan.tran, np.asarray(frac, dtype=np.float64),
                np.searchsorted(zs, z), np.asarray(occ, dtype=np.float64), a[zs], c[zs], e, plan.real, re, im)
     if plan.real:
         re *= 2.0  # the pair {g, -g}: 2 cos
@@ -94,16 +97,15 @@ def _f_parts(plan: SFPlan, cell: np.ndarray, frac: np.ndarray, z: np.ndarray, oc
 
 
 @numba.njit(cache=True)
-def _power_tables(x: np.ndarray, lo: np.ndarray, t_re: np.ndarray, t_im: np.ndarray) -> None:
+def _power_tables(x: np.ndarray, lo: np.ndarray, spans: np.ndarray, t_re: np.ndarray, t_im: np.ndarray) -> None:
     """t[a, n] = E_a^(n + lo_a), E_a = exp(2πi x_a): one sin/cos per axis (argument reduced mod 1 in float64),
     then repeated multiplication (error ≈ |n|·ε)."""
-    span = t_re.shape[1]
     for a in range(3):
         ang = _TWO_PI * (x[a] - np.floor(x[a]))
         c, s = math.cos(ang), math.sin(ang)
         zero = -lo[a]
         t_re[a, zero], t_im[a, zero] = 1.0, 0.0
-        for n in range(zero + 1, span):  # E^n = E^(n-1) · E
+        for n in range(zero + 1, spans[a]):  # E^n = E^(n-1) · E
             pr, pi = t_re[a, n - 1], t_im[a, n - 1]
             t_re[a, n], t_im[a, n] = pr * c - pi * s, pr * s + pi * c
         for n in range(zero - 1, -1, -1):  # E^-n = E^-(n-1) · conj(E)
@@ -112,38 +114,59 @@ def _power_tables(x: np.ndarray, lo: np.ndarray, t_re: np.ndarray, t_im: np.ndar
 
 
 @numba.njit(cache=True)
-def _sum_atoms(runs: np.ndarray, lo: np.ndarray, span: int, rot: np.ndarray, tran: np.ndarray, frac: np.ndarray,
-               zi: np.ndarray, occ: np.ndarray, ff_a: np.ndarray, ff_c: np.ndarray, e: np.ndarray, real: bool,
-               re: np.ndarray, im: np.ndarray) -> None:
+def _image_into_box(t_re: np.ndarray, t_im: np.ndarray, spans: np.ndarray, rows: np.ndarray, real: bool,
+                    box_re: np.ndarray, box_im: np.ndarray) -> None:
+    """box[k, l, h] += E_h E_k E_l for one atom image: one complex product E_k E_l per (k, l) row, then a
+    contiguous pass over the row's h (the loop the compiler vectorises)."""
+    s0, s2 = spans[0], spans[2]
+    for ik in range(spans[1]):
+        for il in range(s2):
+            row = ik * s2 + il
+            h0, h1 = rows[row, 0], rows[row, 1]
+            if h0 == h1:
+                continue
+            yr = t_re[1, ik] * t_re[2, il] - t_im[1, ik] * t_im[2, il]
+            yi = t_re[1, ik] * t_im[2, il] + t_im[1, ik] * t_re[2, il]
+            base = row * s0
+            for ih in range(h0, h1):
+                box_re[base + ih] += yr * t_re[0, ih] - yi * t_im[0, ih]
+            if not real:
+                for ih in range(h0, h1):
+                    box_im[base + ih] += yr * t_im[0, ih] + yi * t_re[0, ih]
+
+
+@numba.njit(cache=True)
+def _sum_atoms(cell_of: np.ndarray, rows: np.ndarray, lo: np.ndarray, spans: np.ndarray, rot: np.ndarray,
+               tran: np.ndarray, frac: np.ndarray, zi: np.ndarray, occ: np.ndarray, ff_a: np.ndarray,
+               ff_c: np.ndarray, e: np.ndarray, real: bool, re: np.ndarray, im: np.ndarray) -> None:
     """re (+ i·im) = Σ_j occ_j f0_j DW_j Σ_g exp(2πi h·x_jg), with exp(2πi h·x) = E_h E_k E_l (E = exp(2πi x_a)
-    to the power of the index): per run of rows sharing (h, k) with consecutive l, one product E_h E_k, then one
-    complex product per reflection, in place of the cosine (and sine) of a long argument."""
+    to the power of the index): per atom, its images summed over the box of indices, then one weighted read
+    per reflection, in place of the cosine (and sine) of a long argument per image and reflection."""
     n_hkl, m, n_z = e.shape[1], rot.shape[0], ff_a.shape[0]
     f0 = np.empty((n_z, n_hkl))
     for q in range(n_z):  # IT92: f0 = Σ a_i exp(-b_i s²) + c
         for r in range(n_hkl):
             f0[q, r] = (ff_a[q, 0] * e[4 * q, r] + ff_a[q, 1] * e[4 * q + 1, r] + ff_a[q, 2] * e[4 * q + 2, r]
                         + ff_a[q, 3] * e[4 * q + 3, r] + ff_c[q])
-    t_re, t_im = np.empty((3, span)), np.empty((3, span))
-    x, w = np.empty(3), np.empty(n_hkl)
+    smax = max(spans[0], max(spans[1], spans[2]))
+    t_re, t_im = np.empty((3, smax)), np.empty((3, smax))
+    box_re, box_im = np.empty(spans[0] * spans[1] * spans[2]), np.empty(spans[0] * spans[1] * spans[2])
+    x = np.empty(3)
     for j in range(frac.shape[0]):
-        q, dw, o = zi[j], 4 * n_z + j, occ[j]
-        for r in range(n_hkl):
-            w[r] = o * f0[q, r] * e[dw, r]
+        box_re[:] = 0.0
+        if not real:
+            box_im[:] = 0.0
         for g in range(m):
             for a in range(3):
                 x[a] = rot[g, a, 0] * frac[j, 0] + rot[g, a, 1] * frac[j, 1] + rot[g, a, 2] * frac[j, 2] + tran[g, a]
-            _power_tables(x, lo, t_re, t_im)
-            for u in range(runs.shape[0]):
-                r0, r1, ih, ik, il = runs[u, 0], runs[u, 1], runs[u, 2], runs[u, 3], runs[u, 4]
-                pr = t_re[0, ih] * t_re[1, ik] - t_im[0, ih] * t_im[1, ik]
-                pi = t_re[0, ih] * t_im[1, ik] + t_im[0, ih] * t_re[1, ik]
-                off = il - r0  # row r has power l − lo = off + r
-                for r in range(r0, r1):
-                    re[r] += w[r] * (pr * t_re[2, off + r] - pi * t_im[2, off + r])
-                if not real:
-                    for r in range(r0, r1):
-                        im[r] += w[r] * (pr * t_im[2, off + r] + pi * t_re[2, off + r])
+            _power_tables(x, lo, spans, t_re, t_im)
+            _image_into_box(t_re, t_im, spans, rows, real, box_re, box_im)
+        q, dw, o = zi[j], 4 * n_z + j, occ[j]
+        for r in range(n_hkl):
+            wt = o * f0[q, r] * e[dw, r]
+            re[r] += wt * box_re[cell_of[r]]
+            if not real:
+                im[r] += wt * box_im[cell_of[r]]
 
 
 def amplitudes_phases(f: np.ndarray, real: bool) -> tuple[np.ndarray, np.ndarray]:
