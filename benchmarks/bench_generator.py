@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # a baseline's run imports `builder` from that tree, the rest here
 STRATEGIES = ("lognormal-molecules", "uniform-edges-molecules", "lognormal-random")
+STAGES = ("seeded_streams", "cell", "atoms", "reflections")
 WORST_TOML = """name = "largest-allowed"
 [cell]
 sampler = "uniform-edges"
@@ -63,8 +64,29 @@ def measure(names: list[str], n: int) -> dict:
         refl = _per_sample_us(lambda i: reflections_of(structs[i - 1]), n)
         out[name] = {"structures_only_us": round(only, 2), "full_us": round(full, 2), "reflections_us": round(refl, 2),
                      "structures_only_per_s": round(1e6 / only, 1), "full_per_s": round(1e6 / full, 1),
-                     "mean_atoms_asu": round(sum(s.n_atoms for s in structs) / n, 2)}
+                     "mean_atoms_asu": round(sum(s.n_atoms for s in structs) / n, 2), "stages_us": stages(strat, n)}
     return out
+
+
+def stages(strat, n: int) -> dict:
+    """Where a sample's time goes: the two seeded streams, the cell, the atoms (given the cell), then F."""
+    from builder.cell import sample_cell
+    from builder.fill import fill_atoms
+    from builder.sample import STREAM_ATOMS, STREAM_CELL, generate_structure
+    from builder.sf import reflections_of
+    from manifests.seeds import seeded_rng
+
+    sid = strat.strategy_id
+    cells = [sample_cell(seeded_rng(0, sid, i, STREAM_CELL), strat.cell) for i in range(1, n + 1)]
+    structs = [generate_structure(strat, 0, i) for i in range(1, n + 1)]
+    rng = _per_sample_us(lambda i: (seeded_rng(0, sid, i, STREAM_CELL), seeded_rng(0, sid, i, STREAM_ATOMS)), n)
+    cell = _per_sample_us(lambda i: sample_cell(seeded_rng(0, sid, i, STREAM_CELL), strat.cell), n)
+    fill = _per_sample_us(lambda i: fill_atoms(seeded_rng(0, sid, i, STREAM_ATOMS), cells[i - 1], strat.space_group,
+                                               strat.fill), n)
+    refl = _per_sample_us(lambda i: reflections_of(structs[i - 1]), n)
+    half = rng / 2  # each of cell and fill above includes one stream's construction
+    return {"seeded_streams": round(rng, 2), "cell": round(cell - half, 2), "atoms": round(fill - half, 2),
+            "reflections": round(refl, 2)}
 
 
 def largest_allowed(k: int = 3) -> dict:
@@ -93,6 +115,10 @@ def _run_tree(tree: Path, names: list[str], n: int) -> dict:
     return json.loads(res.stdout)
 
 
+def _get(row: dict, key: str) -> float:
+    return row["stages_us"][key.split(".", 1)[1]] if key.startswith("stages_us.") else row[key]
+
+
 def compare(rev: str, names: list[str], n: int, repeats: int) -> dict:
     """Alternate baseline and current runs; medians and median per-pair ratios (current / baseline speed)."""
     from benchmarks.common import unpack_commit
@@ -106,10 +132,10 @@ def compare(rev: str, names: list[str], n: int, repeats: int) -> dict:
     out = {}
     for name in names:
         row = {}
-        for key in ("structures_only_per_s", "full_per_s", "reflections_us"):
-            b = [r[name][key] for r in runs["baseline"]]
-            c = [r[name][key] for r in runs["current"]]
-            ratio = [bb / cc if key.endswith("_us") else cc / bb for bb, cc in zip(b, c)]
+        for key in ("structures_only_per_s", "full_per_s", "reflections_us", *(f"stages_us.{k}" for k in STAGES)):
+            b = [_get(r[name], key) for r in runs["baseline"]]
+            c = [_get(r[name], key) for r in runs["current"]]
+            ratio = [cc / bb if key.endswith("_per_s") else bb / cc for bb, cc in zip(b, c)]
             row[key] = {"baseline_median": statistics.median(b), "current_median": statistics.median(c),
                         "speedup_median_of_pairs": round(statistics.median(ratio), 2),
                         "baseline_runs": b, "current_runs": c}
