@@ -155,20 +155,20 @@ class _Placed:
 
 @dataclasses.dataclass(frozen=True)
 class _Geometry:
-    """What the kernels need of the cell and space group, from gemmi: matrices, plane spacings, volume."""
+    """What the kernels need of the cell and space group, from gemmi: matrices, reciprocal lengths, volume."""
 
     ops: SymOps
     orth: np.ndarray
     frac_m: np.ndarray
-    spacing: np.ndarray
+    recip: np.ndarray  # |a*|, |b*|, |c*| (Å⁻¹): the inverse spacings of the lattice planes
     volume: float
 
     @classmethod
     def of(cls, cell: np.ndarray, ops: SymOps) -> "_Geometry":
         uc = gemmi.UnitCell(*map(float, cell))
-        rc = uc.reciprocal()  # d_a = 1/|a*|: the spacing of the lattice planes normal to a*
-        return cls(ops, np.array(uc.orth.mat.tolist()), np.array(uc.frac.mat.tolist()),
-                   np.array([1.0 / rc.a, 1.0 / rc.b, 1.0 / rc.c]), uc.volume)
+        rc = uc.reciprocal()
+        return cls(ops, np.array(uc.orth.mat.tolist()), np.array(uc.frac.mat.tolist()), np.array([rc.a, rc.b, rc.c]),
+                   uc.volume)
 
 
 def fill_atoms(rng: np.random.Generator, cell: np.ndarray, space_group: str, cfg: FillConfig) -> Structure:
@@ -207,13 +207,13 @@ def _place_special(rng: np.random.Generator, geo: _Geometry, centres, table: Ele
     each element tried at most once, so a centre stays empty only when no element of the table fits."""
     radii = covalent_radii_table()
     occupied = rng.random(len(centres)) < p
-    for centre in np.asarray(centres)[occupied]:
-        x = np.array(centre)
+    for k in np.flatnonzero(occupied):
+        x = np.array(centres[k])
         occ = 1.0 / site_multiplicity(geo.ops, x)
         excluded = np.zeros(len(table.z), dtype=np.bool_)
         while not excluded.all():
             z = table.draw(rng.random(), excluded)
-            if first_valid(x[None], radii[z:z + 1], geo.orth, geo.spacing, geo.ops.rot, geo.ops.tran, placed.img,
+            if first_valid(x[None], radii[z:z + 1], geo.orth, geo.recip, geo.ops.rot, geo.ops.tran, placed.img,
                            placed.img_r, placed.counts[1], *rule) == 0:
                 add_atom(x[0], x[1], x[2], z, radii[z], occ, geo.ops.rot, geo.ops.tran, *placed.state())
                 break
@@ -233,5 +233,5 @@ def _place_general(rng: np.random.Generator, geo: _Geometry, table: ElementTable
     while i < n_total:
         u = np.concatenate([u[q:], rng.random(need + STREAM_PER_ATOM * (n_total - i))])
         i, q = place_general(i, n_total, k, molecules, tries, u, 0, table.z, table.cdf, covalent_radii_table(),
-                             cfg.bond[0], cfg.bond[1], geo.orth, geo.frac_m, geo.spacing, geo.ops.rot, geo.ops.tran,
+                             cfg.bond[0], cfg.bond[1], geo.orth, geo.frac_m, geo.recip, geo.ops.rot, geo.ops.tran,
                              *rule, *placed.state())

@@ -3,9 +3,9 @@
 A candidate position must keep its rule against every atom already placed, every symmetry image and every
 lattice image (paper §3.5). For isometries d(g·x, y) = d(x, g⁻¹·y), so checking the candidate alone against all
 images of the placed atoms, plus its own images, covers every pair. A violation needs d ≤ reach (d_min, or
-max(0.9, 1.4)·R_Σ), and a lattice image at fractional offset f + n is at least |f_a + n_a|·d_a away (d_a: the
-spacing of the lattice planes normal to a*), so only the offsets n inside that slab are visited: exact for any
-cell, and most pairs are cleared by three comparisons.
+max(0.9, 1.4)·R_Σ), and a lattice image at fractional offset f + n is at least |f_a + n_a|/|a*| away (1/|a*|:
+the spacing of the lattice planes normal to a*), so only the offsets n inside that slab are visited: exact for
+any cell, and most pairs are cleared by a comparison or three.
 
 The kernels take no random generator: they read uniforms that NumPy drew beforehand (`fill.py`), one after the
 other as the procedure needs them, so the numbers a structure uses depend only on its seed.
@@ -34,15 +34,21 @@ def _violates(d: float, r_sum: float, rule: int, p0: float, p1: float, p2: float
 
 
 @numba.njit(cache=True)
-def _pair_violates(f0: float, f1: float, f2: float, orth: np.ndarray, spacing: np.ndarray, r_sum: float,
+def _pair_violates(f0: float, f1: float, f2: float, orth: np.ndarray, recip: np.ndarray, r_sum: float,
                    rule: int, p0: float, p1: float, p2: float, skip_coincident: bool) -> bool:
     """Does any lattice image of the fractional difference f break the rule? Visits only the offsets n with
-    |f_a + n_a|·d_a ≤ reach on every axis (the projection on a* bounds the distance from below)."""
+    |f_a + n_a| ≤ reach·|a*| on every axis (the projection on a* bounds the distance from below)."""
     reach = (p0 if rule == RULE_MIN_DISTANCE else max(p0, p2) * r_sum) * _SLAB_MARGIN
-    f0 -= np.floor(f0 + 0.5)
+    w0, w1, w2 = reach * recip[0], reach * recip[1], reach * recip[2]
+    f0 -= np.floor(f0 + 0.5)  # |f_a| ≤ ½: with w_a < ½ only n_a = 0 can be inside the slab
+    if w0 < 0.5 and abs(f0) > w0:
+        return False
     f1 -= np.floor(f1 + 0.5)
+    if w1 < 0.5 and abs(f1) > w1:
+        return False
     f2 -= np.floor(f2 + 0.5)
-    w0, w1, w2 = reach / spacing[0], reach / spacing[1], reach / spacing[2]
+    if w2 < 0.5 and abs(f2) > w2:
+        return False
     lo0, hi0 = int(math.ceil(-w0 - f0)), int(math.floor(w0 - f0))
     lo1, hi1 = int(math.ceil(-w1 - f1)), int(math.floor(w1 - f1))
     lo2, hi2 = int(math.ceil(-w2 - f2)), int(math.floor(w2 - f2))
@@ -66,25 +72,25 @@ def _pair_violates(f0: float, f1: float, f2: float, orth: np.ndarray, spacing: n
 
 
 @numba.njit(cache=True)
-def _fits(c0: float, c1: float, c2: float, r: float, orth: np.ndarray, spacing: np.ndarray, rot: np.ndarray,
+def _fits(c0: float, c1: float, c2: float, r: float, orth: np.ndarray, recip: np.ndarray, rot: np.ndarray,
           tran: np.ndarray, img: np.ndarray, img_r: np.ndarray, n_img: int, rule: int, p0: float, p1: float,
           p2: float) -> bool:
     """Candidate (c0, c1, c2) with radius r against every placed image, then against its own images."""
     for q in range(n_img):
-        if _pair_violates(c0 - img[q, 0], c1 - img[q, 1], c2 - img[q, 2], orth, spacing, r + img_r[q], rule,
+        if _pair_violates(c0 - img[q, 0], c1 - img[q, 1], c2 - img[q, 2], orth, recip, r + img_r[q], rule,
                           p0, p1, p2, False):
             return False
     for g in range(rot.shape[0]):  # operation 0 is the identity: its lattice translations
         y0 = rot[g, 0, 0] * c0 + rot[g, 0, 1] * c1 + rot[g, 0, 2] * c2 + tran[g, 0]
         y1 = rot[g, 1, 0] * c0 + rot[g, 1, 1] * c1 + rot[g, 1, 2] * c2 + tran[g, 1]
         y2 = rot[g, 2, 0] * c0 + rot[g, 2, 1] * c1 + rot[g, 2, 2] * c2 + tran[g, 2]
-        if _pair_violates(c0 - y0, c1 - y1, c2 - y2, orth, spacing, 2.0 * r, rule, p0, p1, p2, True):
+        if _pair_violates(c0 - y0, c1 - y1, c2 - y2, orth, recip, 2.0 * r, rule, p0, p1, p2, True):
             return False
     return True
 
 
 @numba.njit(cache=True)
-def first_valid(cand: np.ndarray, cand_r: np.ndarray, orth: np.ndarray, spacing: np.ndarray, rot: np.ndarray,
+def first_valid(cand: np.ndarray, cand_r: np.ndarray, orth: np.ndarray, recip: np.ndarray, rot: np.ndarray,
                 tran: np.ndarray, img: np.ndarray, img_r: np.ndarray, n_img: int, rule: int, p0: float, p1: float,
                 p2: float) -> int:
     """Index of the first candidate (fractional, rows) that keeps the rule against everything, or -1.
@@ -93,7 +99,7 @@ def first_valid(cand: np.ndarray, cand_r: np.ndarray, orth: np.ndarray, spacing:
     candidates' radii. p0, p1, p2 are d_min (RULE_MIN_DISTANCE) or the factors 0.9, 1.1, 1.4 (RULE_MOLECULE).
     """
     for t in range(cand.shape[0]):
-        if _fits(cand[t, 0], cand[t, 1], cand[t, 2], cand_r[t], orth, spacing, rot, tran, img, img_r, n_img, rule,
+        if _fits(cand[t, 0], cand[t, 1], cand[t, 2], cand_r[t], orth, recip, rot, tran, img, img_r, n_img, rule,
                  p0, p1, p2):
             return t
     return -1
@@ -154,7 +160,7 @@ def stream_need(molecules: bool, tries: int) -> int:
 
 @numba.njit(cache=True)
 def _bond(z: int, u: np.ndarray, q: int, tries: int, radii: np.ndarray, bond_lo: float, bond_hi: float,
-          orth: np.ndarray, frac_m: np.ndarray, spacing: np.ndarray, rot: np.ndarray, tran: np.ndarray, rule: int,
+          orth: np.ndarray, frac_m: np.ndarray, recip: np.ndarray, rot: np.ndarray, tran: np.ndarray, rule: int,
           p0: float, p1: float, p2: float, frac: np.ndarray, zs: np.ndarray, occs: np.ndarray, img: np.ndarray,
           img_r: np.ndarray, anchors: np.ndarray, counts: np.ndarray) -> tuple[bool, int]:
     """§3.5 steps 4–6, up to `tries` candidates from the uniforms at u[q:], 4 each: anchor A (uniform over the
@@ -173,7 +179,7 @@ def _bond(z: int, u: np.ndarray, q: int, tries: int, radii: np.ndarray, bond_lo:
         c1 = frac[a, 1] + frac_m[1, 0] * v0 + frac_m[1, 1] * v1 + frac_m[1, 2] * v2
         c2 = frac[a, 2] + frac_m[2, 0] * v0 + frac_m[2, 1] * v1 + frac_m[2, 2] * v2
         c0, c1, c2 = c0 - np.floor(c0), c1 - np.floor(c1), c2 - np.floor(c2)
-        if _fits(c0, c1, c2, r, orth, spacing, rot, tran, img, img_r, counts[1], rule, p0, p1, p2):
+        if _fits(c0, c1, c2, r, orth, recip, rot, tran, img, img_r, counts[1], rule, p0, p1, p2):
             add_atom(c0, c1, c2, z, r, 1.0, rot, tran, frac, zs, occs, img, img_r, anchors, counts)
             return True, q
     return False, q
@@ -182,7 +188,7 @@ def _bond(z: int, u: np.ndarray, q: int, tries: int, radii: np.ndarray, bond_lo:
 @numba.njit(cache=True)
 def place_general(start: int, n_total: int, n_heavy: int, molecules: bool, tries: int, u: np.ndarray, q: int,
                   table_z: np.ndarray, cdf: np.ndarray, radii: np.ndarray, bond_lo: float, bond_hi: float,
-                  orth: np.ndarray, frac_m: np.ndarray, spacing: np.ndarray, rot: np.ndarray, tran: np.ndarray,
+                  orth: np.ndarray, frac_m: np.ndarray, recip: np.ndarray, rot: np.ndarray, tran: np.ndarray,
                   rule: int, p0: float, p1: float, p2: float, frac: np.ndarray, zs: np.ndarray, occs: np.ndarray,
                   img: np.ndarray, img_r: np.ndarray, anchors: np.ndarray, counts: np.ndarray) -> tuple[int, int]:
     """Place general atoms start..n_total − 1 (the first n_heavy drawn from the table, then H) in order, reading
@@ -203,18 +209,18 @@ def place_general(start: int, n_total: int, n_heavy: int, molecules: bool, tries
             for _ in range(tries):
                 c0, c1, c2 = u[q], u[q + 1], u[q + 2]
                 q += 3
-                if _fits(c0, c1, c2, radii[z], orth, spacing, rot, tran, img, img_r, counts[1], rule, p0, p1, p2):
+                if _fits(c0, c1, c2, radii[z], orth, recip, rot, tran, img, img_r, counts[1], rule, p0, p1, p2):
                     add_atom(c0, c1, c2, z, radii[z], 1.0, rot, tran, frac, zs, occs, img, img_r, anchors, counts)
                     counts[3] += 1
                     break
             continue
-        ok, q = _bond(z, u, q, tries, radii, bond_lo, bond_hi, orth, frac_m, spacing, rot, tran, rule, p0, p1, p2,
+        ok, q = _bond(z, u, q, tries, radii, bond_lo, bond_hi, orth, frac_m, recip, rot, tran, rule, p0, p1, p2,
                       frac, zs, occs, img, img_r, anchors, counts)
         if not ok and z != 1 and len(table_z) > 1:  # step 6: another element, then drop
             excluded[:] = table_z == z
             z = draw_element(u[q], table_z, cdf, excluded)
             excluded[:] = False
-            ok, q = _bond(z, u, q + 1, tries, radii, bond_lo, bond_hi, orth, frac_m, spacing, rot, tran, rule, p0, p1,
+            ok, q = _bond(z, u, q + 1, tries, radii, bond_lo, bond_hi, orth, frac_m, recip, rot, tran, rule, p0, p1,
                           p2, frac, zs, occs, img, img_r, anchors, counts)
         if ok:
             counts[3] += 1

@@ -37,12 +37,6 @@ def hkl_hash(hkl: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(hkl, dtype="<i4").tobytes()).hexdigest()
 
 
-def _reciprocal_metric(cell6: np.ndarray) -> np.ndarray:
-    uc = gemmi.UnitCell(*map(float, cell6))
-    f = np.array(uc.frac.mat.tolist())  # rows of the fractionalisation matrix = reciprocal basis (Å^-1)
-    return f @ f.T
-
-
 def hkl_products(hkl: np.ndarray) -> np.ndarray:
     """(H, 6) h², k², l², 2kl, 2hl, 2hk: with the six metric elements they give h·G*·h (a plan caches them)."""
     h = np.asarray(hkl, dtype=np.float64).reshape(-1, 3)
@@ -52,8 +46,8 @@ def hkl_products(hkl: np.ndarray) -> np.ndarray:
 
 def stol2_of_products(cell6: np.ndarray, products: np.ndarray) -> np.ndarray:
     """(sin θ / λ)² = h·G*·h / 4 from `hkl_products` (float64)."""
-    g = _reciprocal_metric(np.asarray(cell6, dtype=np.float64))
-    return 0.25 * (products @ np.array([g[0, 0], g[1, 1], g[2, 2], g[1, 2], g[0, 2], g[0, 1]]))
+    g = gemmi.UnitCell(*map(float, cell6)).reciprocal_metric_tensor().elements_pdb()  # G*11 22 33 12 13 23
+    return 0.25 * (products @ np.array([g[0], g[1], g[2], g[5], g[4], g[3]]))
 
 
 def stol2(cell6: np.ndarray, hkl: np.ndarray) -> np.ndarray:

@@ -127,12 +127,14 @@ def _image_into_box(t_re: np.ndarray, t_im: np.ndarray, spans: np.ndarray, rows:
                 continue
             yr = t_re[1, ik] * t_re[2, il] - t_im[1, ik] * t_im[2, il]
             yi = t_re[1, ik] * t_im[2, il] + t_im[1, ik] * t_re[2, il]
-            base = row * s0
-            for ih in range(h0, h1):
-                box_re[base + ih] += yr * t_re[0, ih] - yi * t_im[0, ih]
+            xr, xi = t_re[0, h0:h1], t_im[0, h0:h1]  # slices from 0: no index wrap-around in the loop
+            out = box_re[row * s0 + h0:row * s0 + h1]
+            for t in range(h1 - h0):
+                out[t] += yr * xr[t] - yi * xi[t]
             if not real:
-                for ih in range(h0, h1):
-                    box_im[base + ih] += yr * t_im[0, ih] + yi * t_re[0, ih]
+                out = box_im[row * s0 + h0:row * s0 + h1]
+                for t in range(h1 - h0):
+                    out[t] += yr * xi[t] + yi * xr[t]
 
 
 @numba.njit(cache=True)
@@ -145,9 +147,10 @@ def _sum_atoms(cell_of: np.ndarray, rows: np.ndarray, lo: np.ndarray, spans: np.
     n_hkl, m, n_z = e.shape[1], rot.shape[0], ff_a.shape[0]
     f0 = np.empty((n_z, n_hkl))
     for q in range(n_z):  # IT92: f0 = Σ a_i exp(-b_i s²) + c
+        fq, e0, e1, e2, e3 = f0[q], e[4 * q], e[4 * q + 1], e[4 * q + 2], e[4 * q + 3]
+        a0, a1, a2, a3, c = ff_a[q, 0], ff_a[q, 1], ff_a[q, 2], ff_a[q, 3], ff_c[q]
         for r in range(n_hkl):
-            f0[q, r] = (ff_a[q, 0] * e[4 * q, r] + ff_a[q, 1] * e[4 * q + 1, r] + ff_a[q, 2] * e[4 * q + 2, r]
-                        + ff_a[q, 3] * e[4 * q + 3, r] + ff_c[q])
+            fq[r] = a0 * e0[r] + a1 * e1[r] + a2 * e2[r] + a3 * e3[r] + c
     smax = max(spans[0], max(spans[1], spans[2]))
     t_re, t_im = np.empty((3, smax)), np.empty((3, smax))
     box_re, box_im = np.empty(spans[0] * spans[1] * spans[2]), np.empty(spans[0] * spans[1] * spans[2])
@@ -161,12 +164,12 @@ def _sum_atoms(cell_of: np.ndarray, rows: np.ndarray, lo: np.ndarray, spans: np.
                 x[a] = rot[g, a, 0] * frac[j, 0] + rot[g, a, 1] * frac[j, 1] + rot[g, a, 2] * frac[j, 2] + tran[g, a]
             _power_tables(x, lo, spans, t_re, t_im)
             _image_into_box(t_re, t_im, spans, rows, real, box_re, box_im)
-        q, dw, o = zi[j], 4 * n_z + j, occ[j]
+        fq, dw, o = f0[zi[j]], e[4 * n_z + j], occ[j]  # row views: no index wrap-around in the loops
         for r in range(n_hkl):
-            wt = o * f0[q, r] * e[dw, r]
-            re[r] += wt * box_re[cell_of[r]]
-            if not real:
-                im[r] += wt * box_im[cell_of[r]]
+            re[r] += o * fq[r] * dw[r] * box_re[cell_of[r]]
+        if not real:
+            for r in range(n_hkl):
+                im[r] += o * fq[r] * dw[r] * box_im[cell_of[r]]
 
 
 def amplitudes_phases(f: np.ndarray, real: bool) -> tuple[np.ndarray, np.ndarray]:
