@@ -153,12 +153,10 @@ def _sum_atoms(cell_of: np.ndarray, rows: np.ndarray, lo: np.ndarray, spans: np.
             fq[r] = a0 * e0[r] + a1 * e1[r] + a2 * e2[r] + a3 * e3[r] + c
     smax = max(spans[0], max(spans[1], spans[2]))
     t_re, t_im = np.empty((3, smax)), np.empty((3, smax))
-    box_re, box_im = np.empty(spans[0] * spans[1] * spans[2]), np.empty(spans[0] * spans[1] * spans[2])
+    # cells outside the set may collect sums across atoms: they are never read, so only read cells are reset
+    box_re, box_im = np.zeros(spans[0] * spans[1] * spans[2]), np.zeros(spans[0] * spans[1] * spans[2])
     x = np.empty(3)
     for j in range(frac.shape[0]):
-        box_re[:] = 0.0
-        if not real:
-            box_im[:] = 0.0
         for g in range(m):
             for a in range(3):
                 x[a] = rot[g, a, 0] * frac[j, 0] + rot[g, a, 1] * frac[j, 1] + rot[g, a, 2] * frac[j, 2] + tran[g, a]
@@ -170,6 +168,9 @@ def _sum_atoms(cell_of: np.ndarray, rows: np.ndarray, lo: np.ndarray, spans: np.
         if not real:
             for r in range(n_hkl):
                 im[r] += o * fq[r] * dw[r] * box_im[cell_of[r]]
+        for r in range(n_hkl):  # after all reads: a reflection listed twice reads its cell twice
+            box_re[cell_of[r]] = 0.0
+            box_im[cell_of[r]] = 0.0
 
 
 def amplitudes_phases(f: np.ndarray, real: bool) -> tuple[np.ndarray, np.ndarray]:
