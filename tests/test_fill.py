@@ -228,3 +228,35 @@ def test_tiny_cells_are_redrawn_rather_than_left_empty(tmp_path):
                       space_group="P 1 21/c 1", n_special=0)
     amp, phase = reflections_of(empty)
     assert amp.shape == (1205,) and not amp.any() and not phase.any()
+
+
+_DIGEST = """
+import hashlib, sys
+from builder.sample import generate_sample
+from builder.strategy import load_strategy
+h = hashlib.sha256()
+for name in ("lognormal-molecules", "uniform-edges-random"):
+    s = load_strategy(name)
+    for i in range(25):
+        rec = generate_sample(s, 3, i)
+        for k in ("cell", "frac", "z", "occ", "uiso", "amplitude", "phase"):
+            h.update(rec[k].tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_samples_are_the_same_bytes_in_a_fresh_process():
+    """Generation and F depend only on the seed: another interpreter (numba's cached or fresh code, another
+    NumPy stream object) gives the same bytes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    here = {}
+    exec(_DIGEST.replace("print(h.hexdigest())", "out = h.hexdigest()"), here)
+    res = subprocess.run([sys.executable, "-c", _DIGEST], capture_output=True, text=True, cwd=root, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == here["out"]
