@@ -8,7 +8,6 @@ Prints JSON. Run pinned to one core for per-core figures: `taskset -c 0 python -
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import emit
 from builder.build import build, make_header
 from builder.reflections import phai_hkl
 from builder.sample import generate_structure
@@ -82,11 +82,7 @@ def main() -> None:
     result = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
               "generation": bench_generation(args.n), "structure_factors": bench_sf(args.n),
               "build": bench_build(args.build_count)}
-    text = json.dumps(result, indent=1, sort_keys=True)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

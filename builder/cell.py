@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from builder.bounds import EDGE, check_finite, check_range
+
 __all__ = ["CellConfig", "SAMPLERS", "SKEWS", "sample_cell", "sample_volume", "edges_from_volume", "skew_cell",
            "volume_bounds", "cell_from_vectors"]
 
@@ -35,32 +37,37 @@ class CellConfig:
     adjusted_s3: bool = True  # include −(a_max²/a3² − 1)^½ in the s3 lower bound (eq. 15)
 
     def validate(self) -> None:
+        check_finite("cell", self)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown cell sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if self.skew not in SKEWS:
             raise ValueError(f"unknown skew {self.skew!r}: choose one of {', '.join(SKEWS)}")
-        if not 0 < self.a_min <= self.a_max:
-            raise ValueError(f"cell a_min = {self.a_min} must be positive and ≤ a_max = {self.a_max}")
-        if self.ratio < 1:
-            raise ValueError(f"cell ratio = {self.ratio} must be ≥ 1")
-        if not 90.0 < self.beta_max < 180.0:
-            raise ValueError(f"cell beta_max = {self.beta_max} must lie in (90, 180) degrees")
+        check_range("cell a_min", self.a_min, *EDGE, "Å")
+        check_range("cell a_max", self.a_max, *EDGE, "Å")
+        if self.a_min > self.a_max:
+            raise ValueError(f"cell a_min = {self.a_min} must be ≤ a_max = {self.a_max}")
+        check_range("cell ratio", self.ratio, 1.0, math.inf, hi_open=True)
+        check_range("cell beta_max", self.beta_max, 90.0, 180.0, "degrees", lo_open=True, hi_open=True)
         if self.sampler == "uniform-volume":
-            if not 0 < self.v_min <= self.v_max:
-                raise ValueError(f"cell v_min = {self.v_min} must be positive and ≤ v_max = {self.v_max}")
+            check_range("cell v_min", self.v_min, 0.0, EDGE[1] ** 3, "Å³", lo_open=True)
+            check_range("cell v_max", self.v_max, self.v_min, EDGE[1] ** 3, "Å³")
             lo, hi = volume_bounds(self)
             if self.v_max < lo or self.v_min > hi:
                 raise ValueError(f"volume range [{self.v_min}, {self.v_max}] Å³ cannot be realised with edges in "
                                  f"[{self.a_min}, {self.a_max}] Å (possible: [{lo:.1f}, {hi:.1f}]); widen the edges")
         if self.sampler == "lognormal":
-            if self.sigma <= 0:
-                raise ValueError(f"cell sigma = {self.sigma} must be positive")
+            check_range("cell sigma", self.sigma, 0.0, math.inf, "(ln Å³)", lo_open=True, hi_open=True)
             lo, hi = volume_bounds(self)
             z_lo, z_hi = (math.log(lo) - self.mu) / self.sigma, (math.log(hi) - self.mu) / self.sigma
             mass = 0.5 * (math.erf(z_hi / math.sqrt(2)) - math.erf(z_lo / math.sqrt(2)))
             if mass < 1e-3:
                 raise ValueError(f"Lognormal({self.mu}, {self.sigma}) puts {mass:.1e} of its mass in the realisable "
                                  f"volumes [{lo:.1f}, {hi:.1f}] Å³; adjust mu/sigma or the edge bounds")
+
+    def max_volume(self) -> float:
+        """The largest cell volume the sampler can give (the skew keeps V): what bounds the atoms per cell."""
+        hi = volume_bounds(self)[1]
+        return min(hi, self.v_max) if self.sampler == "uniform-volume" else hi
 
 
 def volume_bounds(cfg: CellConfig) -> tuple[float, float]:
@@ -109,16 +116,17 @@ def skew_cell(rng: np.random.Generator, edges: np.ndarray, cfg: CellConfig) -> n
         s3 = rng.uniform(_s_lower(cfg.beta_max, c, cfg.a_max, cfg.adjusted_s3), 0.0)
     if cfg.skew == "triclinic":
         s2 = rng.uniform(_s_lower(cfg.beta_max, b, cfg.a_max, cfg.adjusted_s3), 0.0)
-    vecs = np.array([[a, 0.0, 0.0], [s2 * b, b, 0.0], [s3 * c, 0.0, c]])  # rows: S·a_n
-    return cell_from_vectors(vecs)
+    return cell_from_vectors(((a, 0.0, 0.0), (s2 * b, b, 0.0), (s3 * c, 0.0, c)))  # rows: S·a_n
 
 
-def cell_from_vectors(vecs: np.ndarray) -> np.ndarray:
-    """(a, b, c, α, β, γ) in Å and degrees from three lattice vectors (rows)."""
-    lengths = np.linalg.norm(vecs, axis=1)
+def cell_from_vectors(vecs) -> np.ndarray:
+    """(a, b, c, α, β, γ) in Å and degrees from three lattice vectors (rows); scalar math, no small arrays."""
+    v = [[float(x) for x in row] for row in vecs]
+    lengths = [math.sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]) for r in v]
 
     def angle(i: int, j: int) -> float:
-        return math.degrees(math.acos(float(vecs[i] @ vecs[j]) / (lengths[i] * lengths[j])))
+        dot = v[i][0] * v[j][0] + v[i][1] * v[j][1] + v[i][2] * v[j][2]
+        return math.degrees(math.acos(max(-1.0, min(1.0, dot / (lengths[i] * lengths[j])))))
 
     return np.array([*lengths, angle(1, 2), angle(0, 2), angle(0, 1)])
 

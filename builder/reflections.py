@@ -7,7 +7,8 @@ import hashlib
 import gemmi
 import numpy as np
 
-__all__ = ["PHAI_SET", "phai_hkl", "hkl_hash", "d_spacing", "stol2", "systematic_absences"]
+__all__ = ["PHAI_SET", "phai_hkl", "hkl_hash", "d_spacing", "stol2", "stol2_of_products", "hkl_products",
+           "systematic_absences"]
 
 PHAI_SET = "phai-1205"
 
@@ -36,17 +37,22 @@ def hkl_hash(hkl: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(hkl, dtype="<i4").tobytes()).hexdigest()
 
 
-def _reciprocal_metric(cell6: np.ndarray) -> np.ndarray:
-    uc = gemmi.UnitCell(*map(float, cell6))
-    f = np.array(uc.frac.mat.tolist())  # rows of the fractionalisation matrix = reciprocal basis (Å^-1)
-    return f @ f.T
+def hkl_products(hkl: np.ndarray) -> np.ndarray:
+    """(H, 6) h², k², l², 2kl, 2hl, 2hk: with the six metric elements they give h·G*·h (a plan caches them)."""
+    h = np.asarray(hkl, dtype=np.float64).reshape(-1, 3)
+    return np.stack([h[:, 0]**2, h[:, 1]**2, h[:, 2]**2, 2 * h[:, 1] * h[:, 2], 2 * h[:, 0] * h[:, 2],
+                     2 * h[:, 0] * h[:, 1]], axis=1)
+
+
+def stol2_of_products(cell6: np.ndarray, products: np.ndarray) -> np.ndarray:
+    """(sin θ / λ)² = h·G*·h / 4 from `hkl_products` (float64)."""
+    g = gemmi.UnitCell(*map(float, cell6)).reciprocal_metric_tensor().elements_pdb()  # G*11 22 33 12 13 23
+    return 0.25 * (products @ np.array([g[0], g[1], g[2], g[5], g[4], g[3]]))
 
 
 def stol2(cell6: np.ndarray, hkl: np.ndarray) -> np.ndarray:
     """(sin θ / λ)^2 = 1 / (4 d^2) for each reflection (float64)."""
-    g = _reciprocal_metric(np.asarray(cell6, dtype=np.float64))
-    h = np.asarray(hkl, dtype=np.float64)
-    return 0.25 * ((h @ g) * h).sum(axis=1)
+    return stol2_of_products(cell6, hkl_products(hkl))
 
 
 def d_spacing(cell6: np.ndarray, hkl: np.ndarray) -> np.ndarray:

@@ -11,9 +11,12 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import tomllib
+import typing
 from pathlib import Path
 
+from builder.bounds import MAX_ATOMS_PER_CELL
 from builder.cell import CellConfig
 from builder.fill import FillConfig
 from builder.symmetry import space_group_ops
@@ -31,7 +34,7 @@ _PRIOR_KEYS = {"stats", "use", "special_table"}
 
 
 def canonical_json(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -53,6 +56,15 @@ class Strategy:
             raise ValueError(f"space group {ops.name} needs cell skew = {need!r}, not {self.cell.skew!r}")
         self.cell.validate()
         self.fill.validate()
+        v_max = self.cell.max_volume()
+        if self.fill.v_atom[0] * ops.n > v_max:
+            raise ValueError(f"fill v_atom[0] = {self.fill.v_atom[0]} Å³ × {ops.n} operations exceeds the largest cell "
+                             f"({v_max:.0f} Å³): every structure would be empty; lower v_atom or raise a_max")
+        atoms = self.fill.max_atoms(v_max)
+        if atoms > MAX_ATOMS_PER_CELL:
+            raise ValueError(f"cells of up to {v_max:.3g} Å³ with v_atom ≥ {self.fill.v_atom[0]:g} Å³ and x_h ≤ "
+                             f"{self.fill.x_h[1]:g} hold up to {atoms:.3g} atoms; the bound is {MAX_ATOMS_PER_CELL} "
+                             "atoms per cell (builder/bounds.py): lower a_max or v_max, or raise v_atom")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -62,14 +74,21 @@ class Strategy:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Strategy":
+        """The strategy a manifest holds, checked as strictly as a TOML file (a manifest is data from outside)."""
+        _check_keys("manifest strategy [cell]", d["cell"], {f.name for f in dataclasses.fields(CellConfig)})
+        _check_keys("manifest strategy [fill]", d["fill"], {f.name for f in dataclasses.fields(FillConfig)})
+        _check_types("manifest strategy [cell]", d["cell"], CellConfig)
+        _check_types("manifest strategy [fill]", d["fill"], FillConfig)
         cell = CellConfig(**d["cell"])
         f = dict(d["fill"])
         for key in ("v_atom", "x_h", "u_iso", "bond", "forbidden"):
             f[key] = tuple(f[key])
         for key in ("elements_general", "elements_special"):
             f[key] = tuple(sorted((str(k), float(v)) for k, v in dict(f[key]).items()))
-        return cls(name=d["name"], description=d.get("description", ""), space_group=d["space_group"],
-                   cell=cell, fill=FillConfig(**f), priors=d.get("priors", {}))
+        strat = cls(name=d["name"], description=d.get("description", ""), space_group=d["space_group"],
+                    cell=cell, fill=FillConfig(**f), priors=d.get("priors", {}))
+        strat.validate()
+        return strat
 
     @functools.cached_property
     def strategy_id(self) -> int:
@@ -87,6 +106,39 @@ def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
         raise ValueError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_value(name: str, value, kind) -> None:
+    """One value against its field's type, as TOML or a manifest's JSON spells it."""
+    if kind is bool:
+        ok, want = isinstance(value, bool), "true or false"
+    elif kind is int:
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif kind is float:
+        ok, want = _is_number(value), "a finite number"
+    elif kind is str:
+        ok, want = isinstance(value, str), "a string"
+    elif kind == tuple[float, float]:
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
+        want = "a two-number list [lo, hi] of finite numbers"
+    else:  # element tables
+        ok = isinstance(value, dict) and all(isinstance(k, str) and _is_number(v) for k, v in value.items())
+        want = "a table of element symbol = finite frequency"
+    if not ok:
+        text = repr(value)
+        raise ValueError(f"{name} = {text if len(text) <= 60 else text[:57] + '...'} must be {want}")
+
+
+def _check_types(where: str, raw: dict, cls) -> None:
+    """Every value of a [cell] or [fill] table has its field's type before anything converts it: a bool is
+    true/false (not "no"), a count an integer (not 2.5 or 1e12), a number finite (not nan or inf)."""
+    kinds = typing.get_type_hints(cls)
+    for key, value in raw.items():
+        _check_value(f"{where} {key}", value, kinds[key])
+
+
 def load_strategy(ref: str | Path) -> Strategy:
     """A built-in strategy name or a TOML path → resolved, validated Strategy (ValueError on bad input)."""
     builtins = builtin_strategies()
@@ -102,10 +154,13 @@ def load_strategy(ref: str | Path) -> Strategy:
     _check_keys(f"{path.name} [cell]", cell_kw, {f.name for f in dataclasses.fields(CellConfig)})
     _check_keys(f"{path.name} [fill]", fill_kw, {f.name for f in dataclasses.fields(FillConfig)})
     _check_keys(f"{path.name} [priors]", prior_kw, _PRIOR_KEYS)
+    for key in ("name", "description", "space_group"):
+        if key in doc:
+            _check_value(f"{path.name} {key}", doc[key], str)
+    _check_types(f"{path.name} [cell]", cell_kw, CellConfig)
+    _check_types(f"{path.name} [fill]", fill_kw, FillConfig)
     for key in ("v_atom", "x_h", "u_iso", "bond", "forbidden"):
         if key in fill_kw:
-            if not (isinstance(fill_kw[key], list) and len(fill_kw[key]) == 2):
-                raise ValueError(f"{path.name} [fill] {key} must be a two-number list [lo, hi]")
             fill_kw[key] = tuple(float(v) for v in fill_kw[key])
     for key in ("elements_general", "elements_special"):
         if key in fill_kw:

@@ -126,3 +126,23 @@ def test_other_space_groups_generate_and_agree_with_gemmi(tmp_path, space_group,
         ref = gemmi_sf(s.cell, s.space_group, s.frac, s.z, s.occ * mult, s.uiso, hkl)
         assert _max_rel_error(ours, ref) <= 1e-4
     assert (special > 0) == (filler == "molecules")
+
+
+def test_any_reflection_list_order_duplicates_and_signs():
+    """The kernel sums over a box of indices: a list in any order, with negative k and l, (000) and a
+    reflection listed twice gives, row for row, what the PhAI list gives, and F(−h) = conj F(h) in P1."""
+    rng = np.random.default_rng(5)
+    hkl = phai_hkl()
+    pick = rng.permutation(len(hkl))[:300]
+    odd = np.concatenate([hkl[pick], -hkl[pick[:50]], [[0, 0, 0]], hkl[pick[:3]]]).astype(np.int32)
+    cell = np.array([6.5, 7.5, 8.5, 90, 101, 90])
+    frac, z = rng.random((7, 3)), np.array([6, 6, 7, 8, 16, 1, 26])
+    occ, u = np.ones(7), np.full(7, 0.03)
+    for sg in ("P 1 21/c 1", "P 1"):
+        ops = space_group_ops(sg)
+        full = structure_factors(sf_plan(ops, hkl), cell, frac, z, occ, u)
+        mixed = structure_factors(sf_plan(ops, odd), cell, frac, z, occ, u)
+        assert np.allclose(mixed[:300], full[pick], rtol=1e-9, atol=1e-9)
+        assert np.allclose(mixed[300:350], np.conj(full[pick[:50]]), rtol=1e-9, atol=1e-9)
+        assert np.allclose(mixed[-3:], full[pick[:3]], rtol=1e-9, atol=1e-9)
+        assert abs(mixed[350].imag) < 1e-9 and mixed[350].real > 0  # F(000): the electrons, all in phase

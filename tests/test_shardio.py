@@ -170,16 +170,16 @@ def test_loader_gives_the_same_batches_from_compressed_and_plain_shards(sets):
             assert all(torch.equal(a[f], b[f]) for f in ("key", "amplitude", "phase", "observed"))
 
 
-# sha256 of a 12-sample build (explicit element table, so no stats file is involved; seed 3, shards of 6) as
-# phaseforge 0.1.0 wrote it before the typed manifest and compression existed: plain builds must keep these
-# bytes. A deliberate change of the samples or of the header (a new strategy field) updates them here.
+# sha256 of a 12-sample build (explicit element table, so no stats file is involved; seed 3, shards of 6), as
+# regenerated once when the generator changed on purpose (issue 8: step 2 at random coordinates, special-atom
+# redraw; faster F kernel): plain builds must keep these bytes. A deliberate change of the samples or of the header (a new strategy field) updates them here.
 GOLDEN = {
-    "tar": {"shard-000000.tar": "7a1e7e35e2c7e0008ed48a1fc3031923432313aaf13f4fd344a3660e85fba760",
-            "shard-000001.tar": "9fdeee81e435c0826b0377595b4c5354c2936109881bafca962688cfba504c0e",
-            MANIFEST: "578b8258858c5e10b5daf525c586c2af08f072a8830e7ff43ae99e4dc40f07b6"},
-    "hdf5": {"shard-000000.h5": "fac719ea59bc6b242673b7c8a68b94327d24f9c948b88463b3da79c3f961957a",
-             "shard-000001.h5": "87c305b8b93dfe1324b7328d9e55ce694d55b9d7ee6e43bdc71aca625b1c95ef",
-             MANIFEST: "66cab9ae1e2b9b4f655de8aefb5b1bc179bf0ccef46823d817d79dddf0f9de28"},
+    "tar": {"shard-000000.tar": "13689fefd71830cc9a36958d0bd06bc895ef41748370f0fc39adfe53ba02495c",
+            "shard-000001.tar": "c515b40a720e74cdadbfddd430abcbe595d380d9c6c21a6c025c51c3a1ee51d7",
+            MANIFEST: "ad759fb68f034c0365c4d7ae151f922c03af5219410ffe148d91d4b22726a43c"},
+    "hdf5": {"shard-000000.h5": "8f568d999895e6431647ead71fb43701e3403636c1dfe0fd2cfa3b124d2a9632",
+             "shard-000001.h5": "1967e92c1789fc76e96295d1620c812eb871d5dd9d4a8177b61e7e3ddb01338e",
+             MANIFEST: "b8893138d156c420a6691e9c11a4ab0488630f43c2066d576846acfaae4deef5"},
 }
 
 
