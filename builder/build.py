@@ -200,7 +200,7 @@ def _recorded_header(out: Path) -> dict | None:
 
 
 def write_on_the_fly(out: str | Path, header: Manifest) -> tuple[Path, str]:
-    """Write only `out/manifest.json`, marked on the fly; returns (path, what happened).
+    """Write only `out/manifest.json`, marked on the fly; returns (path, "written" | "unchanged" | "materialised").
 
     A directory that already holds this build materialised is kept as it is; one that a materialising build is
     filling, or that holds another configuration, is refused (ValueError)."""
@@ -211,7 +211,7 @@ def write_on_the_fly(out: str | Path, header: Manifest) -> tuple[Path, str]:
     path = out / MANIFEST_NAME
     old = json.loads(path.read_text()) if path.is_file() else None  # checked by _recorded_header
     if old is not None and "on_the_fly" not in old:
-        return path, "kept: this directory holds the build materialised; train on it as it is"
+        return path, "materialised"
     if (out / _HEADER_FILE).is_file():
         raise ValueError(f"{out}: a materialising build of it is under way or was interrupted; rerun that "
                          "command without --on-the-fly to finish it, or choose another --out")

@@ -37,7 +37,8 @@ _EXTRAS = {"s3": "s3fs (pip install 'phaseforge[s3]')", "gs": "gcsfs (pip instal
 
 
 def is_url(location: str | Path) -> bool:
-    return isinstance(location, str) and (_SCHEME.match(location) is not None or location.startswith("pipe:"))
+    """Anything with `://` (or webdataset's `pipe:`) is a URL, to be checked; everything else a local path."""
+    return isinstance(location, str) and ("://" in location or location.startswith("pipe:"))
 
 
 def check_url(url: str) -> str:
@@ -50,7 +51,10 @@ def check_url(url: str) -> str:
     if "?" in url or "#" in url:
         raise ManifestError(f"{url}: a query string or fragment cannot carry over to the shard names, which resolve "
                             "relative to the manifest's URL; give the plain URL")
-    scheme = _SCHEME.match(url)[1].lower()
+    match = _SCHEME.match(url)
+    if match is None:
+        raise ManifestError(f"{url}: not a URL phaseforge reads; give http(s)://, s3://, gs:// or a local path")
+    scheme = match[1].lower()
     try:
         fsspec.get_filesystem_class(scheme)
     except ValueError:
@@ -150,7 +154,9 @@ def open_manifest(location: str | Path) -> Located:
     try:
         data = read_url(url, "manifest")
     except OSError as exc:
-        raise ManifestError(f"{url}: {exc.strerror}; check the URL and that the server is up") from None
+        hint = (" (a URL names a manifest's .json file or its directory)"
+                if isinstance(exc, FileNotFoundError) and url != text else "")
+        raise ManifestError(f"{url}: {exc.strerror}{hint}; check the URL and that the server is up") from None
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError):
