@@ -199,3 +199,18 @@ def test_fit_refuses_bad_sources_before_training(served, tmp_path):
         assert proc.returncode == 2, (name, err)
         assert err.startswith("error: ") and err.count("\n") == 1 and cases[name][1] in err, (name, err)
         assert out == "" and not (tmp_path / name.replace(" ", "-")).exists(), name
+
+
+def test_verify_and_inspect_take_urls(served):
+    from click.testing import CliRunner
+
+    from builder.cli import cli as build_cli
+    run = CliRunner().invoke
+    res = run(build_cli, ["verify", f"{served.url}/gz", "--deep", "3"])
+    assert res.exit_code == 0 and "4 shards, 16 samples, 3 samples regenerated identically" in res.output
+    local = run(build_cli, ["inspect", str(served.root / "gz"), "--key", "9"]).output
+    remote = run(build_cli, ["inspect", f"{served.url}/gz/manifest.json", "--key", "9"]).output
+    assert remote.split("\n", 1)[1] == local.split("\n", 1)[1] and remote.startswith(served.url)
+    served.faults["/gz/shard-000003.tar.gz"] = "corrupt"
+    res = run(build_cli, ["verify", f"{served.url}/gz"])
+    assert res.exit_code == 1 and "shard-000003.tar.gz: corrupt (sha256 differs" in res.output
