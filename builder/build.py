@@ -8,6 +8,10 @@ Layout of an output directory:
   manifest.part-A-B.json            a range build's part-manifest (`--shards A:B`)
   manifest.json                     written last: the full manifest
 
+`--on-the-fly` writes only `manifest.json`, with the header a build of the same options records, no shards, and
+the on-the-fly marker (probe samples' hash): the loader generates shard i through `builder.shardgen`, the same
+entry point `build_shard` writes from. The same command without `--on-the-fly` materialises that directory.
+
 Any number of processes, on one host or on hosts that share the filesystem, may run the same command (or
 ranges of it) into one directory at once: each shard is written by whoever claims it first, the others skip
 it and, before writing their manifest, wait for that claim and take the finished entry (or build the shard
@@ -15,7 +19,7 @@ themselves when its writer died). Every process ends with the manifest a single 
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import multiprocessing as mp
 from collections import deque
@@ -27,8 +31,9 @@ from tqdm import tqdm
 
 from builder.capacity import check_capacity, sample_cost
 from builder.reflections import PHAI_SET, hkl_hash, phai_hkl
-from builder.sample import generate_sample
-from builder.strategy import Strategy, canonical_json
+from builder.shardgen import generate_shard, probe, samples_of
+from builder.strategy import Strategy
+from builder.verify import DeepCheck, deep_check  # noqa: F401 - re-exported (they lived here)
 from manifests.locks import Claim, remove_debris
 from manifests.schema import (
     COMPRESSIONS,
@@ -36,19 +41,17 @@ from manifests.schema import (
     MANIFEST_VERSION,
     Manifest,
     ShardEntry,
-    ShardError,
     dumps,
-    load_manifest,
     member_schema,
     package_version,
     sha256_file,
     verify_dir,
     write_json_atomic,
 )
-from manifests.shardio import read_samples, write_shard
+from manifests.shardio import write_shard
 
-__all__ = ["make_header", "parse_range", "samples_of", "build", "build_shard", "BuildReport", "finalize",
-           "deep_check", "DeepCheck"]
+__all__ = ["make_header", "parse_range", "samples_of", "build", "build_shard", "write_on_the_fly", "BuildReport",
+           "finalize", "deep_check", "DeepCheck"]
 
 _HEADER_FILE = ".build.json"
 _ENTRIES = ".entries"
@@ -93,20 +96,9 @@ def parse_range(text: str | None, total: int) -> tuple[int, int]:
     return a, b
 
 
-@functools.lru_cache(maxsize=4)
-def _strategy(strategy_json: str) -> Strategy:
-    return Strategy.from_dict(json.loads(strategy_json))
-
-
-def samples_of(header: Manifest, indices) -> list[dict]:
-    strat = _strategy(canonical_json(header.strategy))
-    refl = not header.structures_only
-    return [generate_sample(strat, header.root_seed, i, with_reflections=refl) for i in indices]
-
-
 def build_shard(header: Manifest, shard: int, out: Path) -> ShardEntry:
     """Generate and write shard `shard`; return its manifest entry. A pure function of (header, shard)."""
-    samples = samples_of(header, header.shard_range(shard))
+    samples = generate_shard(header, shard)
     name = header.shard_name(shard)
     raw = write_shard(out / name, samples, header.format, header.compression) or (None, None)
     entry = ShardEntry(file=name, first_index=header.shard_range(shard).start, count=len(samples),
@@ -179,26 +171,56 @@ def _claim_directory(out: Path, header: Manifest) -> None:
     with Claim(out, "directory"):
         remove_debris(out, ".*.partial-*")  # temporary files of dead writers on this host
         existing = _recorded_header(out)
-        want = header.header()
-        if existing is not None and existing != want:
-            diff = sorted(k for k in set(existing) | set(want) if existing.get(k) != want.get(k))
-            raise ValueError(f"{out} holds a build of another configuration (differs in {', '.join(diff)}); "
-                             "choose another --out, or delete that directory to rebuild it")
+        _refuse_another(out, existing, header.header())
         if existing is None:
-            write_json_atomic(out / _HEADER_FILE, want, allow_nan=False)
+            write_json_atomic(out / _HEADER_FILE, header.header(), allow_nan=False)
+
+
+def _refuse_another(out: Path, existing: dict | None, want: dict) -> None:
+    if existing is not None and existing != want:
+        diff = sorted(k for k in set(existing) | set(want) if existing.get(k) != want.get(k))
+        raise ValueError(f"{out} holds a build of another configuration (differs in {', '.join(diff)}); "
+                         "choose another --out, or delete that directory to rebuild it")
 
 
 def _recorded_header(out: Path) -> dict | None:
+    """The header recorded in `out` (`.build.json`, else `manifest.json`), without the on-the-fly marker: an
+    on-the-fly manifest and its materialised build are one configuration."""
     for f in (out / _HEADER_FILE, out / MANIFEST_NAME):
         if f.is_file():
             try:
-                return Manifest.from_dict(json.loads(f.read_text()), f, header_only=True).header()
+                m = Manifest.from_dict(json.loads(f.read_text()), f, header_only=True)
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"{f} is unreadable ({exc}); choose another --out, or delete that directory "
                                  "to rebuild it") from None
+            return m.materialised().header()
     if any(out.glob("shard-*")):
         raise ValueError(f"{out} holds shards of an unknown build; choose another --out or empty it")
     return None
+
+
+def write_on_the_fly(out: str | Path, header: Manifest) -> tuple[Path, str]:
+    """Write only `out/manifest.json`, marked on the fly; returns (path, "written" | "unchanged" | "materialised").
+
+    A directory that already holds this build materialised is kept as it is; one that a materialising build is
+    filling, or that holds another configuration, is refused (ValueError)."""
+    out = Path(out)
+    cost = sample_cost(header, samples_of(header, header.shard_range(0)[:_PROBE]))
+    check_capacity(header, out, 0, header.n_shards, 1, dataclasses.replace(cost, disk=0.0))  # a loader worker
+    _refuse_another(out, _recorded_header(out), header.header())             # holds a shard while it is read
+    path = out / MANIFEST_NAME
+    old = json.loads(path.read_text()) if path.is_file() else None  # checked by _recorded_header
+    if old is not None and "on_the_fly" not in old:
+        return path, "materialised"
+    if (out / _HEADER_FILE).is_file():
+        raise ValueError(f"{out}: a materialising build of it is under way or was interrupted; rerun that "
+                         "command without --on-the-fly to finish it, or choose another --out")
+    doc = dataclasses.replace(header, on_the_fly=probe(header)).to_dict()
+    if old == doc:
+        return path, "unchanged"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, doc, allow_nan=False)
+    return path, "written"
 
 
 @dataclass(frozen=True)
@@ -338,49 +360,3 @@ def _ranges(ids: list[int]) -> str:
             spans.append(f"{start}:{x + 1}")
             start = y
     return ", ".join(spans)
-
-
-@dataclass(frozen=True)
-class DeepCheck:
-    problems: list[str]
-    checked: int      # samples really regenerated and compared (at most the dataset's count)
-
-
-def _same(fresh: dict, stored: dict) -> list[str]:
-    bad = []
-    for k, v in fresh.items():
-        a = stored.get(k)
-        same = a == v if k in ("meta", "__key__") else (
-            a is not None and np.asarray(v).dtype == a.dtype and np.asarray(v).tobytes() == a.tobytes())
-        if not same:
-            bad.append(k)
-    return bad
-
-
-def deep_check(path: str | Path, n_samples: int = 8) -> DeepCheck:
-    """Regenerate up to `n_samples` keys spread over the dataset and compare them bit for bit with the shards."""
-    manifest, directory = load_manifest(path)
-    strat = Strategy.from_dict(manifest.strategy)
-    if f"{strat.strategy_id:016x}" != manifest.strategy_id:
-        return DeepCheck([f"strategy id {manifest.strategy_id} does not match the resolved strategy "
-                          "(other code version?)"], 0)
-    picks = sorted(set(np.linspace(0, manifest.count - 1, num=min(n_samples, manifest.count)).astype(int)))
-    problems, checked = [], 0
-    for e in manifest.shards:
-        want = [i for i in picks if e.holds(i)]
-        if not want or not (directory / e.file).is_file():
-            continue
-        try:
-            stored = {int(r["__key__"]): r for r in read_samples(directory / e.file, manifest.format,
-                                                                 manifest.compression)}
-        except ShardError as exc:
-            problems.append(str(exc))
-            continue
-        for i, fresh in zip(want, samples_of(manifest, want)):
-            checked += 1
-            if i not in stored:
-                problems.append(f"{e.file}: key {i:012d} missing")
-                continue
-            problems += [f"{e.file}: key {i:012d} member {k} differs from a fresh generation"
-                         for k in _same(fresh, stored[i])]
-    return DeepCheck(problems, checked)

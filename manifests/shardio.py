@@ -6,8 +6,8 @@ through gzip with no file name, mtime 0 and a fixed level (never tarfile's `w|gz
 HDF5: the same arrays per shard with atoms flat + offsets (vlen datasets neither compress nor read fast),
 datasets without timestamps, optionally through h5py's shuffle + gzip or lzf filters.
 
-Every reader gets shard bytes from `open_shard` (the one place a URL opener slots in) and container bytes from
-`unpack`. `read_samples` is the plain reader (tarfile / h5py) for tools and tests; the trainer's checked fast
+Every reader gets shard bytes from `open_shard` (a local path, or a URL through `manifests.urls`) and container
+bytes from `unpack`; `stored` casts a generated sample to the schema's dtypes, i.e. to what reading it back gives. `read_samples` is the plain reader (tarfile / h5py) for tools and tests; the trainer's checked fast
 path is `training.shards.read_shard`.
 """
 from __future__ import annotations
@@ -29,10 +29,10 @@ import h5py
 import numpy as np
 
 from manifests.schema import ATOM_MEMBERS, ShardError, member_dtype, partial_name
+from manifests.urls import is_url, read_url
 
 __all__ = ["GZIP_LEVEL", "HDF5_GZIP_LEVEL", "write_tar", "write_hdf5", "write_shard", "shard_bytes", "open_shard",
-           "unpack",
-           "guess_container", "read_samples", "npy_bytes", "meta_bytes"]
+           "unpack", "stored", "guess_container", "read_samples", "npy_bytes", "meta_bytes"]
 
 GZIP_LEVEL = 6        # fixed: the level is part of the bytes (benchmarks/results/storage.json: 6 is 2% larger than 9
                       # at 1/7 of its time, and 8% smaller than 1)
@@ -50,10 +50,18 @@ def meta_bytes(meta: dict) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _stored_value(name: str, value):
+    return value if name in ("__key__", "meta") else np.ascontiguousarray(value, dtype=member_dtype(name))
+
+
+def stored(sample: dict) -> dict:
+    """A generated sample as a shard stores it (and a reader gets it back): arrays in the schema's dtypes."""
+    return {k: _stored_value(k, v) for k, v in sample.items()}
+
+
 def _member_bytes(name: str, value) -> bytes:
-    if name == "meta":
-        return meta_bytes(value)
-    return npy_bytes(np.asarray(value, dtype=member_dtype(name)))
+    value = _stored_value(name, value)
+    return meta_bytes(value) if name == "meta" else npy_bytes(value)
 
 
 def write_tar(fileobj, samples: Iterable[dict]) -> None:
@@ -165,7 +173,13 @@ def shard_bytes(samples: list[dict], fmt: str, compression: str | None = None) -
 
 
 def open_shard(location: str | Path) -> bytes:
-    """The bytes of one shard, as stored. The single place shards are opened, so a URL opener slots in here."""
+    """The bytes of one shard, as stored, from a local path or a URL (the single place shards are opened).
+
+    Raises:
+        OSError: naming the location (missing, unreadable, a URL that stayed unreachable after its retries).
+    """
+    if is_url(location):
+        return read_url(str(location), "shard")
     return Path(location).read_bytes()
 
 
@@ -216,14 +230,15 @@ def _hdf5_samples(data: bytes) -> Iterator[dict]:
 
 
 def read_samples(path: str | Path, fmt: str | None = None, compression: str | None = None) -> list[dict]:
-    """All samples of one shard as dicts of numpy arrays (plus `meta` dict), in key order (the plain reader).
+    """All samples of one shard (a path or a URL) as dicts of numpy arrays (plus `meta` dict), in key order (the
+    plain reader).
 
     Raises:
         ShardError: the shard is missing, unreadable, truncated or not a shard (the message names it).
     """
-    path = Path(path)
+    path = str(path) if is_url(path) else Path(path)
     if fmt is None:
-        fmt, compression = guess_container(path.name)
+        fmt, compression = guess_container(str(path).rsplit("/", 1)[-1])
     try:
         data = unpack(open_shard(path), fmt, compression)
         return list(_tar_samples(data) if fmt == "tar" else _hdf5_samples(data))

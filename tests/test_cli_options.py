@@ -11,8 +11,8 @@ from training.cli import cli as train_cli
 
 FROZEN = {
     "phaseforge-build": {
-        "shards": ["compress", "count", "fmt", "out", "seed", "shard_range", "shard_size", "strategy", "structures_only",
-                   "workers"],
+        "shards": ["compress", "count", "fmt", "on_the_fly", "out", "seed", "shard_range", "shard_size", "strategy",
+                   "structures_only", "workers"],
         "finalize": ["directory"],
         "verify": ["deep", "directory"],
         "inspect": ["key", "target"],

@@ -16,10 +16,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ["manifests", "builder", "training", "evaluation"]
-# Training uses builder's physics (reflection set, structure factors), never the generator's internals. On-the-fly
-# generation will add builder's one shard-generation entry point here (DESIGN.md, "Dependencies").
+# Training uses builder's physics (reflection set, structure factors), never the generator's internals; on-the-fly
+# manifests go through builder's one shard-generation entry point, `builder.shardgen` (DESIGN.md, "Dependencies").
 TRAINING_MAY_IMPORT_FROM_BUILDER = {
     "builder.reflections", "builder.sf", "builder.structure", "builder.symmetry", "builder.elements",
+    "builder.shardgen",
 }
 
 

@@ -1,9 +1,12 @@
 """Training-side shard access: manifests -> Sources, shard bytes checked against the manifest, then parsed.
 
-A `Source` is one manifest's shard list (never a glob). `read_shard` reads a shard's bytes once (through
-`manifests.shardio.open_shard`, the one opener), checks them (none | size | sha256), decompresses a `.tar.gz`
-and parses them: tar through a plain-ustar fast path or webdataset's expander, HDF5 through h5py (which
-undoes its own filters). Errors name the shard (`ShardError`). The plain reader for tools is
+A `Source` is one manifest's shard list (never a glob), from a local directory or a URL (`manifests.urls`).
+`read_shard` reads a shard's bytes once (through `manifests.shardio.open_shard`, the one opener; over a URL
+into memory, retried on a dropped connection), checks them (none | size | sha256), decompresses a `.tar.gz` and
+parses them: tar through a plain-ustar fast path or webdataset's expander, HDF5 through h5py (which undoes its
+own filters). For an on-the-fly manifest it generates the shard instead, through builder's one entry point
+(`builder.shardgen.generate_shard`, what a build writes), so the samples equal the materialised shards bit for
+bit. Errors name the shard (`ShardError`); nothing is skipped. The plain reader for tools is
 `manifests.shardio.read_samples`; a test checks that both give identical samples.
 """
 from __future__ import annotations
@@ -22,10 +25,11 @@ import numpy as np
 import webdataset as wds
 
 from builder.reflections import hkl_hash, phai_hkl
+from builder.shardgen import check_regenerates, generate_shard
 from builder.symmetry import space_group_ops
-from manifests.schema import (ATOM_MEMBERS, MANIFEST_NAME, REFLECTION_MEMBERS, ManifestError, ShardError,
-                              load_manifest, sha256_file)
+from manifests.schema import ATOM_MEMBERS, REFLECTION_MEMBERS, Manifest, ManifestError, ShardError
 from manifests.shardio import open_shard, unpack
+from manifests.urls import Located, join, open_manifest, url_size
 
 __all__ = ["VERIFY_LEVELS", "SPACE_GROUP", "ShardError", "Source", "open_source", "open_sources",
            "check_compatible", "read_shard"]
@@ -40,8 +44,8 @@ SPACE_GROUP = "P 1 21/c 1"  # the loss's 8 origin shifts and the 0/pi phases are
 class Source:
     """One manifest's shard list (never a glob) and what the loader needs to know about it."""
 
-    manifest: str                  # path of manifest.json
-    directory: str
+    manifest: str                  # the manifest's location: resolved path, or URL
+    directory: str                 # where its shard names resolve: a directory, or the URL beside the manifest
     fmt: str                       # tar | hdf5
     files: tuple[str, ...]
     counts: tuple[int, ...]
@@ -56,44 +60,80 @@ class Source:
     space_group: str
     reflections: dict | None
     compression: str | None = None  # tar: "gz" (.tar.gz); hdf5: h5py filters, undone by h5py
+    manifest_sha256: str = ""
+    generate: Manifest | None = None  # on the fly: the build header whose shards the loader generates
 
     @property
     def n_shards(self) -> int:
         return len(self.files)
 
+    @property
+    def on_the_fly(self) -> bool:
+        return self.generate is not None
+
     def describe(self) -> dict:
         """What a checkpoint records about this source (and a resume compares)."""
         return {"manifest": self.manifest, "strategy": self.name, "strategy_id": f"{self.sid:016x}",
                 "root_seed": self.root_seed, "count": self.count, "format": self.fmt, "weight": self.weight,
-                "manifest_sha256": sha256_file(Path(self.manifest))}
+                "manifest_sha256": self.manifest_sha256}
+
+
+def _source(loc: Located, weight: float) -> Source:
+    m = loc.manifest
+    if m.on_the_fly is not None:
+        shards = range(m.n_shards)
+        files, counts = tuple(m.shard_name(i) for i in shards), tuple(len(m.shard_range(i)) for i in shards)
+        sizes, sha = (0,) * len(files), ("",) * len(files)
+    else:
+        files, counts = tuple(e.file for e in m.shards), tuple(int(e.count) for e in m.shards)
+        sizes, sha = tuple(int(e.bytes) for e in m.shards), tuple(e.sha256 for e in m.shards)
+    return Source(
+        manifest=loc.location, directory=loc.base, fmt=m.format, files=files, counts=counts, sizes=sizes,
+        sha256=sha, weight=float(weight), sid=int(m.strategy_id, 16), name=m.strategy.get("name", "?"),
+        root_seed=int(m.root_seed), count=int(m.count), structures_only=m.structures_only,
+        space_group=m.strategy.get("space_group", SPACE_GROUP), reflections=m.reflections,
+        compression=m.compression, manifest_sha256=loc.sha256,
+        generate=m.materialised() if m.on_the_fly is not None else None)
 
 
 def open_source(path: str | Path, weight: float = 1.0, verify: str = "sha256") -> Source:
-    """Load a manifest and check that its shards exist (and have the recorded size unless verify is 'none').
+    """Load a manifest (a path or a URL) and check that its shards can be had: local shards exist (with the
+    recorded size unless verify is 'none'), a URL's first shard answers, an on-the-fly manifest regenerates here.
 
     Raises:
-        ManifestError: missing or malformed manifest; ShardError: a missing or wrongly sized shard.
+        ManifestError: missing, unreachable or malformed manifest, or one this code cannot regenerate;
+        ShardError: a missing or wrongly sized shard.
     """
-    m, directory = load_manifest(path)
-    if not m.shards:
-        raise ManifestError(f"{directory / MANIFEST_NAME} lists no shards")
+    loc = open_manifest(path)
+    m = loc.manifest
+    if not m.shards and m.on_the_fly is None:
+        raise ManifestError(f"{loc.location} lists no shards")
     if not (isinstance(weight, (int, float)) and weight > 0 and math.isfinite(weight)):
         raise ValueError(f"mixing weight {weight!r} for {path} must be a positive number")
-    src = Source(
-        manifest=str((directory / MANIFEST_NAME).resolve()), directory=str(directory.resolve()), fmt=m.format,
-        files=tuple(e.file for e in m.shards), counts=tuple(int(e.count) for e in m.shards),
-        sizes=tuple(int(e.bytes) for e in m.shards), sha256=tuple(e.sha256 for e in m.shards),
-        weight=float(weight), sid=int(m.strategy_id, 16), name=m.strategy.get("name", "?"),
-        root_seed=int(m.root_seed), count=int(m.count), structures_only=m.structures_only,
-        space_group=m.strategy.get("space_group", SPACE_GROUP), reflections=m.reflections,
-        compression=m.compression)
-    for f, size in zip(src.files, src.sizes):
-        p = directory / f
-        if not p.is_file():
-            raise ShardError(f"{p}: missing shard (listed in {src.manifest})")
-        if verify != "none" and p.stat().st_size != size:
-            raise ShardError(f"{p}: corrupt shard (size {p.stat().st_size}, manifest says {size})")
+    src = _source(loc, weight)
+    if src.on_the_fly:
+        check_regenerates(m, loc.location)
+    elif loc.remote:
+        _check_first_shard(src, verify)
+    else:
+        for f, size in zip(src.files, src.sizes):
+            p = Path(src.directory) / f
+            if not p.is_file():
+                raise ShardError(f"{p}: missing shard (listed in {src.manifest})")
+            if verify != "none" and p.stat().st_size != size:
+                raise ShardError(f"{p}: corrupt shard (size {p.stat().st_size}, manifest says {size})")
     return src
+
+
+def _check_first_shard(src: Source, verify: str) -> None:
+    """Over a URL only the first shard is asked for (its size), before training: the others are checked as read."""
+    url = join(src.directory, src.files[0])
+    try:
+        size = url_size(url, "shard")
+    except OSError as exc:
+        raise ShardError(f"{url}: {exc.strerror} (listed in {src.manifest})") from None
+    if verify != "none" and size != src.sizes[0]:
+        raise ShardError(f"{url}: corrupt shard (size {size}, manifest says {src.sizes[0]})")
 
 
 def open_sources(paths: Sequence[str | Path], weights: Sequence[float] | None = None, verify: str = "sha256",
@@ -168,6 +208,7 @@ def _decode(sample: dict) -> dict:
 
 
 _SKIP_IF_REFLECTIONS = tuple(f"{n}.npy" for n in ATOM_MEMBERS) + ("meta.json",)
+_ATOMS_AND_META = frozenset(ATOM_MEMBERS) | {"meta"}  # the same members, as sample keys
 
 
 class _NotPlainUstar(Exception):
@@ -247,13 +288,30 @@ def _parse_hdf5(data: bytes, need_atoms: bool) -> list[dict]:
     return out
 
 
+def _generated(src: Source, shard: int, need_atoms: bool) -> list[dict]:
+    """Shard `shard` of an on-the-fly source, generated as the build would write it (the members a tar shard
+    gives for these `need_atoms`)."""
+    try:
+        recs = generate_shard(src.generate, shard)
+    except Exception as exc:  # noqa: BLE001 - a generator failure is this shard's, named
+        raise ShardError(f"{src.manifest}: shard {shard} could not be generated on the fly "
+                         f"({type(exc).__name__}: {exc})") from None
+    if need_atoms or src.structures_only:
+        return recs
+    return [{k: v for k, v in r.items() if k not in _ATOMS_AND_META} for r in recs]
+
+
 def read_shard(src: Source, shard: int, verify: str = "sha256", need_atoms: bool = False) -> list[dict]:
-    """Read shard `shard` of `src`, check it against the manifest, and parse it into sample dicts.
+    """Read shard `shard` of `src`, check it against the manifest, and parse it into sample dicts (or, for an
+    on-the-fly source, generate it).
 
     Raises:
-        ShardError: the shard is missing, its size or sha256 differs from the manifest, or it cannot be parsed.
+        ShardError: the shard is missing, unreachable, its size or sha256 differs from the manifest, or it cannot
+        be parsed (or generated).
     """
-    path = Path(src.directory) / src.files[shard]
+    if src.on_the_fly:
+        return _generated(src, shard, need_atoms)
+    path = join(src.directory, src.files[shard])
     try:
         data = open_shard(path)
     except OSError as exc:
@@ -265,7 +323,7 @@ def read_shard(src: Source, shard: int, verify: str = "sha256", need_atoms: bool
     need_atoms = need_atoms or src.structures_only
     try:
         data = unpack(data, src.fmt, src.compression)
-        recs = (_parse_tar(data, str(path), need_atoms, checksum=verify != "sha256") if src.fmt == "tar"
+        recs = (_parse_tar(data, path, need_atoms, checksum=verify != "sha256") if src.fmt == "tar"
                 else _parse_hdf5(data, need_atoms))
     except Exception as exc:  # noqa: BLE001 - any parse failure is this shard's fault
         raise ShardError(f"{path}: unreadable shard ({type(exc).__name__}: {exc})") from None
