@@ -199,9 +199,10 @@ def finalize(out: str | Path) -> Path:
     """Merge part-manifests into the manifest a one-machine build would have written (byte-identical)."""
     out = Path(out)
     parts = sorted(out.glob("manifest.part-*.json"))
-    if not parts:
+    whole = [out / MANIFEST_NAME] if not parts and (out / MANIFEST_NAME).is_file() else []  # one task (--task 0/1)
+    if not parts and not whole:
         raise ValueError(f"{out} has no manifest.part-*.json: build ranges with `phaseforge-build shards --shards A:B`")
-    docs = [json.loads(p.read_text()) for p in parts]
+    docs = [json.loads(p.read_text()) for p in parts + whole]
     header = header_of(docs[0])
     for p, d in zip(parts, docs):
         if header_of(d) != header:

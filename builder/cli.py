@@ -12,6 +12,7 @@ from builder.build import build, deep_check, finalize, make_header, n_shards, pa
 from builder.compare import compare_command
 from builder.stats import stats_command
 from builder.strategy import builtin_strategies, load_strategy
+from builder.tasks import task_shards
 from manifests.errors import bad_input_exits
 from manifests.schema import FORMATS, load_manifest, verify_dir
 from manifests.shardio import read_shard
@@ -33,13 +34,17 @@ def cli() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes (one shard per job).")
 @click.option("--shards", "shard_range", default=None, help="Build only shards A:B and write a part-manifest.")
+@click.option("--task", default=None, help="Build range I of N (I/N, 0-based), or the array job's: auto, auto/N.")
 @click.option("--structures-only", is_flag=True, help="Omit reflections; the loader computes them.")
 @bad_input_exits
-def shards(strategy, count, shard_size, fmt, seed, out, workers, shard_range, structures_only) -> None:
+def shards(strategy, count, shard_size, fmt, seed, out, workers, shard_range, task, structures_only) -> None:
     """Build shards (resumes a killed build; refuses a directory built from another configuration)."""
     if workers < 1:
         raise ValueError(f"--workers must be ≥ 1, got {workers}")
     header = make_header(load_strategy(strategy), count, shard_size, fmt, seed, not structures_only)
+    if task:  # an array task: its near-equal share of the shards, as --shards A:B (builder/tasks.py)
+        shard_range, note = task_shards(task, n_shards(header), shard_range)
+        click.echo(note, err=True)
     rng = parse_range(shard_range, n_shards(header)) if shard_range else None
     path = build(out, header, rng, workers=workers)
     click.echo(f"wrote {path}")
