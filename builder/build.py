@@ -213,7 +213,8 @@ def finalize(out: str | Path) -> Path:
             by_shard[e["first_index"] // header["shard_size"]] = e
     missing = [s for s in range(n_shards(header)) if s not in by_shard]
     if missing:
-        raise ValueError(f"{out}: shards {_ranges(missing)} are not built yet; run them with --shards, then finalize")
+        raise ValueError(f"{out}: shards {_ranges(missing)} are not built yet; run them (their --task or "
+                         "--shards A:B), then finalize")
     manifest = assemble(header, list(by_shard.values()))
     problems = verify_dir(manifest, out)
     if problems:

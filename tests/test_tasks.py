@@ -101,9 +101,12 @@ def test_array_variables(env, n, want):
     ({"SLURM_ARRAY_TASK_ID": "2"}, None, "SLURM_ARRAY_TASK_COUNT"),
     ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, None, "not an integer"),
     ({"SLURM_ARRAY_TASK_ID": "-1", "SLURM_ARRAY_TASK_COUNT": "4"}, None, "negative"),
-    # --array=0-3,8: 5 tasks between 0 and 8, no even spacing (Slurm reports step 1)
+    # as Slurm 22.05 sets them (benchmarks/slurm_local.sh's cluster): --array=0-3,8 is 5 tasks between 0 and 8,
+    # step 1; a list --array=1,5,9 also reports step 1: neither has a position for its tasks
     ({"SLURM_ARRAY_TASK_ID": "8", "SLURM_ARRAY_TASK_COUNT": "5", "SLURM_ARRAY_TASK_MIN": "0",
       "SLURM_ARRAY_TASK_MAX": "8", "SLURM_ARRAY_TASK_STEP": "1"}, None, "evenly spaced"),
+    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1",
+      "SLURM_ARRAY_TASK_MAX": "9", "SLURM_ARRAY_TASK_STEP": "1"}, None, "evenly spaced"),
     (slurm(6, 4, step=4), None, "not an index"),                      # 6 is not in 0-12:4
     (slurm(2, 1, lo=2), None, "auto/N"),                              # --array=2 alone would build everything
     (slurm(4, 4, lo=1), 4, "outside 0..3"),                           # auto/N: the index is the task number
