@@ -6,7 +6,8 @@ against the number of part-manifests, and loader samples/s and RSS over manifest
 
 Every measurement runs in a fresh child process (this module with --child), so its peak RSS is its own
 (`os.wait4`'s ru_maxrss: the child, or its largest waited-for descendant). Builds use one worker, so times are per
-core: "build" excludes the imports and the first sample (JIT caches), which "startup" reports. Full samples (with
+core: "build" excludes the imports and the first sample (JIT caches), which "startup" reports. Beside wall times,
+each child's own CPU time (`time.process_time`): on a shared machine it is the steadier figure. Full samples (with
 1205 reflections) are built up to --full-max samples; structures-only at every size (the 10⁶ full build would
 take ~20 min of one core on its own). `finalize` gets real part-manifests: each shard of a build is rebuilt as
 its own range (`build(..., (s, s + 1))` keeps the shard, checks its sha256 and writes the part), then the whole
@@ -40,9 +41,10 @@ def child_build(count: int, shard_size: int, fmt: str, reflections: bool, out: s
 
     strat = load_strategy(STRATEGY)
     generate_sample(strat, 0, 0, with_reflections=reflections)  # numba, gemmi tables: warm before timing
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     build(out, make_header(strat, count, shard_size, fmt, 0, reflections), workers=1, progress=False)
-    return {"startup_s": round(t1 - t0, 3), "build_s": round(time.perf_counter() - t1, 3)}
+    return {"startup_s": round(t1 - t0, 3), "build_s": round(time.perf_counter() - t1, 3),
+            "build_cpu_s": round(time.process_time() - c1, 3)}
 
 
 def child_parts(directory: str) -> dict:
@@ -62,20 +64,22 @@ def child_parts(directory: str) -> dict:
 def child_finalize(directory: str) -> dict:
     t0 = time.perf_counter()
     from builder.build import finalize
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     finalize(directory)
-    return {"startup_s": round(t1 - t0, 3), "seconds": round(time.perf_counter() - t1, 3)}
+    return {"startup_s": round(t1 - t0, 3), "seconds": round(time.perf_counter() - t1, 3),
+            "cpu_s": round(time.process_time() - c1, 3)}
 
 
 def child_verify(directory: str) -> dict:
     t0 = time.perf_counter()
     from manifests.schema import load_manifest, verify_dir
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     manifest, d = load_manifest(directory)
     problems = verify_dir(manifest, d)
     if problems:
         raise SystemExit(f"verify failed: {problems[:3]}")
-    return {"startup_s": round(t1 - t0, 3), "seconds": round(time.perf_counter() - t1, 3)}
+    return {"startup_s": round(t1 - t0, 3), "seconds": round(time.perf_counter() - t1, 3),
+            "cpu_s": round(time.process_time() - c1, 3)}
 
 
 def child_loader(directory: str, batches: int) -> dict:
@@ -86,12 +90,13 @@ def child_loader(directory: str, batches: int) -> dict:
     t2 = time.perf_counter()
     it = iter(Loader(sources, DataConfig(batch_size=64, streams=4), workers=0))
     next(it)
-    t3 = time.perf_counter()
+    t3, c3 = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(it)
-    dt = time.perf_counter() - t3
+    dt, cpu = time.perf_counter() - t3, time.process_time() - c3
     return {"startup_s": round(t1 - t0, 3), "open_s": round(t2 - t1, 4), "first_batch_s": round(t3 - t2, 3),
-            "samples_per_s": round(batches * 64 / dt, 1), "batches": batches}
+            "samples_per_s": round(batches * 64 / dt, 1), "samples_per_cpu_s": round(batches * 64 / cpu, 1),
+            "batches": batches}
 
 
 CHILDREN = {"build": child_build, "parts": child_parts, "finalize": child_finalize, "verify": child_verify,
@@ -134,6 +139,7 @@ def measure_builds(data: Path, sizes: list[int], full_max: int, formats_at: int,
                 r = run_child("build", n, 1000, fmt, int(refl), out)
                 r |= {"kind": kind, "format": fmt, "count": n, "shards": -(-n // 1000),
                       "us_per_sample": round(1e6 * r["build_s"] / n, 2),
+                      "us_cpu_per_sample": round(1e6 * r["build_cpu_s"] / n, 2),
                       "bytes_per_sample": round(dir_bytes(out) / n, 1)}
                 builds.append(r)
                 bar.update()
@@ -142,6 +148,7 @@ def measure_builds(data: Path, sizes: list[int], full_max: int, formats_at: int,
                     v = run_child("verify", out)
                     v |= {"kind": kind, "count": n, "bytes": dir_bytes(out),
                           "us_per_sample": round(1e6 * v["seconds"] / n, 3),
+                          "us_cpu_per_sample": round(1e6 * v["cpu_s"] / n, 3),
                           "mb_per_s": round(dir_bytes(out) / 1e6 / max(v["seconds"], 1e-9), 1)}
                     verifies.append(v)
                     bar.update()
@@ -160,7 +167,8 @@ def measure_manifests(data: Path, parts: list[int], shard_size: int, loader_batc
         bar.set_description(f"finalize {k}")
         f = run_child("finalize", out)
         f |= {"parts": k, "samples": k * shard_size, "bytes": dir_bytes(out),
-              "ms_per_part": round(1e3 * f["seconds"] / k, 3), "range_builds_s": p["parts_s"],
+              "ms_per_part": round(1e3 * f["seconds"] / k, 3), "ms_cpu_per_part": round(1e3 * f["cpu_s"] / k, 3),
+              "range_builds_s": p["parts_s"],
               "build_s": b["build_s"]}
         finals.append(f)
         bar.update()
@@ -185,16 +193,20 @@ def claims(builds: list, verifies: list, finals: list, loads: list) -> dict:
         if len(tar) > 1:
             out[kind] = {"sizes": [b["count"] for b in tar],
                          "us_per_sample_max_over_min": spread([b["us_per_sample"] for b in tar]),
+                         "us_cpu_per_sample_max_over_min": spread([b["us_cpu_per_sample"] for b in tar]),
                          "peak_rss_max_over_min": spread([b["peak_rss_mib"] for b in tar])}
     for kind in ("full", "structures-only"):
         v = [x for x in verifies if x["kind"] == kind and x["seconds"] > 0]
         if len(v) > 1:
             out[f"verify_{kind}_us_per_sample_max_over_min"] = spread([x["us_per_sample"] for x in v])
+            out[f"verify_{kind}_us_cpu_per_sample_max_over_min"] = spread([x["us_cpu_per_sample"] for x in v])
     if len(finals) > 1:
         out["finalize_ms_per_part_max_over_min"] = spread([f["ms_per_part"] for f in finals])
+        out["finalize_ms_cpu_per_part_max_over_min"] = spread([f["ms_cpu_per_part"] for f in finals])
         out["finalize_rss_max_over_min"] = spread([f["peak_rss_mib"] for f in finals])
     if len(loads) > 1:
         out["loader_samples_per_s_max_over_min"] = spread([ld["samples_per_s"] for ld in loads])
+        out["loader_samples_per_cpu_s_max_over_min"] = spread([ld["samples_per_cpu_s"] for ld in loads])
         out["loader_rss_max_over_min"] = spread([ld["peak_rss_mib"] for ld in loads])
     return out
 
