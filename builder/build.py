@@ -329,10 +329,11 @@ def finalize(out: str | Path) -> Path:
     """Merge part-manifests into the manifest a one-machine build would have written (byte-identical)."""
     out = Path(out)
     parts = sorted(out.glob("manifest.part-*.json"))
-    if not parts:
+    whole = [out / MANIFEST_NAME] if not parts and (out / MANIFEST_NAME).is_file() else []  # one task (--task 0/1)
+    if not parts and not whole:
         raise ValueError(f"{out} has no manifest.part-*.json: build ranges with `phaseforge-build shards --shards A:B`")
     docs = []
-    for p in parts:
+    for p in parts + whole:
         try:
             docs.append(Manifest.from_dict(json.loads(p.read_text()), p))
         except ValueError as exc:
@@ -344,7 +345,8 @@ def finalize(out: str | Path) -> Path:
     by_shard = {header.index_of(e): e for d in docs for e in d.shards}
     missing = [s for s in range(header.n_shards) if s not in by_shard]
     if missing:
-        raise ValueError(f"{out}: shards {_ranges(missing)} are not built yet; run them with --shards, then finalize")
+        raise ValueError(f"{out}: shards {_ranges(missing)} are not built yet; run them (their --task or "
+                         "--shards A:B), then finalize")
     manifest = header.with_shards(by_shard.values())
     problems = verify_dir(manifest, out)
     if problems:

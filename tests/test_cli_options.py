@@ -12,7 +12,7 @@ from training.cli import cli as train_cli
 FROZEN = {
     "phaseforge-build": {
         "shards": ["compress", "count", "fmt", "on_the_fly", "out", "seed", "shard_range", "shard_size", "strategy",
-                   "structures_only", "workers"],
+                   "structures_only", "task", "workers"],
         "finalize": ["directory"],
         "verify": ["deep", "directory"],
         "inspect": ["key", "target"],
