@@ -6,9 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,7 +14,6 @@ import torch
 
 from tests.test_data import build_set
 from training.cli import main
-from training.data import DataConfig, consumed_shards, open_sources
 from training.checkpoint import training_checkpoint as load_checkpoint
 from training.config import DATA_FIELDS, RESUMABLE, TrainConfig
 from training.schedule import LRSchedule, n_cycles_at
@@ -135,41 +131,7 @@ def test_recycling_count_is_seeded_and_uniform():
     assert {n: ns.count(n) for n in (1, 2, 3)} == pytest.approx({1: 200, 2: 200, 3: 200}, abs=50)
 
 
-# ----------------------------------------------------------------------------- DDP on CPU
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ddp_two_processes_gloo(data, tmp_path):
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", "PORT",
-           "-m", "training", "fit", "--train", str(data["train"]), "--val", str(data["val"]), "--preset", "tiny",
-           "--out", str(out), "--steps", "4", "--batch-size", "8", "--val-every", "2", "--val-samples", "8",
-           "--ckpt-every", "2", "--log-every", "1", "--workers", "0", "--streams", "2", "--device", "cpu",
-           "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    # 8 shards of 8 over 2 ranks x 2 streams; 4 steps of 4 samples per rank: each stream reads one shard
-    for _ in range(3):  # the free port can be taken between choosing and binding it: then try another
-        port = str(_free_port())
-        r = subprocess.run([port if a == "PORT" else a for a in cmd], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=120)
-        if r.returncode == 0 or not any(t in r.stderr for t in ("Address already in use", "EADDRINUSE",
-                                                                  "failed to listen")):
-            break
-    assert r.returncode == 0, r.stderr[-6000:]
-    ck = load_checkpoint(out / "last.pt")
-    assert ck["dataloader"]["world"] == 2 and ck["train_state"]["step"] == 4
-    src = open_sources([data["train"]])
-    dcfg = DataConfig(**{**ck["config"]["data"], "d_min": tuple(ck["config"]["data"]["d_min"])})
-    seen = [consumed_shards(src, dcfg, rank, 2, st) for rank, st in enumerate(ck["dataloader"]["ranks"])]
-    assert len(seen[0]) == len(seen[1]) == 2 and seen[0].isdisjoint(seen[1])
-    assert {epoch for _, epoch, _ in seen[0] | seen[1]} == {0}  # the same epoch, split between the ranks
-    assert ck["dataloader"]["ranks"][0]["batches"] == ck["dataloader"]["ranks"][1]["batches"] == 4
-    assert len(train_losses(out)) == 4
+# ----------------------------------------------------------------------------- DDP on CPU: tests/test_multinode.py
 
 
 # ----------------------------------------------------------------------------- CLI bad input

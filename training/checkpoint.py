@@ -29,6 +29,7 @@ from builder.reflections import hkl_hash, phai_hkl
 from manifests.errors import os_error_line
 from manifests.schema import ManifestError, package_version, sha256_file
 from training.config import RESUMABLE, TrainConfig, flat_dict
+from training.data import resume_state
 from training.model import ModelConfig, PhAINet, config_dict, preset
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "read_checkpoint", "training_checkpoint", "save_checkpoint",
@@ -242,7 +243,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
 # ----------------------------------------------------------------------------- resume
 
 def check_resume(ck: dict, cfg: TrainConfig, sources_desc: list[dict], val_desc: dict, world: int) -> None:
-    """A resume must continue the same run: same settings (but RESUMABLE), same data, same ranks, more steps.
+    """A resume must continue the same run: same settings (but RESUMABLE), same data, more steps, and a number of
+    processes its loader layout allows (any that divides its streams; a version-1 state: its own process count).
 
     Manifests are compared by content (sha256), so any spelling of their paths, from any working directory, is
     the same data.
@@ -262,9 +264,10 @@ def check_resume(ck: dict, cfg: TrainConfig, sources_desc: list[dict], val_desc:
                          f"data, or another order); it trained on {', '.join(s['manifest'] for s in ck['config']['sources'])}")
     if ck["config"]["val"]["manifest_sha256"] != val_desc["manifest_sha256"]:
         raise ValueError(f"--resume: the validation manifest is not the checkpoint's ({ck['config']['val']['manifest']})")
-    if ck["dataloader"]["world"] != world:
-        raise ValueError(f"--resume: the checkpoint ran on {ck['dataloader']['world']} ranks, this run has {world}; "
-                         "resume with the same number of processes")
+    try:  # any number of processes that divides the loader's streams (training/data.py "Layout")
+        resume_state(ck["dataloader"], cfg.data_config(world), world, cfg.workers)
+    except ValueError as exc:
+        raise ValueError(f"--resume: {exc} (the checkpoint ran on {ck['dataloader']['world']})") from None
     if ck["hkl_sha256"] != hkl_hash(phai_hkl(preset(cfg.preset).max_index)):
         raise ValueError("--resume: the checkpoint's reflection set is not this model's")
     if cfg.steps <= ck["train_state"]["step"]:

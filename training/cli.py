@@ -2,11 +2,14 @@
 
     phaseforge-train fit --train data/lognormal-molecules --val data/val --preset paper --out runs/lm
     torchrun --nproc_per_node 8 -m training fit ...           # the same options, one process per GPU
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 -m training fit ...
 
 Bad input (unknown preset, missing or corrupt manifests, different reflection sets, an incompatible --resume,
 an existing run without --resume, a run directory another `fit` holds) prints one `error: ...` line on stderr and
 exits with status 2 before anything is written. So do a non-finite loss (the last good checkpoint is kept) and a
-failed write (no space left, read-only: the path and the reason; no partial file is left).
+failed write (no space left, read-only: the path and the reason; no partial file is left). Under torchrun every
+line starts with the rank, node and host; a rank that stops because another failed names that rank and its error
+(exit status 1).
 """
 from __future__ import annotations
 
@@ -18,11 +21,12 @@ from pathlib import Path
 
 import click
 
-from manifests.errors import fail, os_error_line
+from manifests.errors import fail, one_line, os_error_line
 from manifests.schema import ManifestError, write_json_atomic
 from training.checkpoint import training_checkpoint
 from training.config import TrainConfig, flat_dict
 from training.data import VERIFY_LEVELS
+from training.distributed import RankFailed, error_prefix
 from training.model import PRESETS
 from training.schedule import INITS
 from training.train import fit
@@ -68,7 +72,8 @@ def cli() -> None:
 @click.option("--log-every", type=int, default=None, help="Log train metrics every N steps [default: 50].")
 @click.option("--workers", type=int, default=None, help="Loader workers per process [default: 2].")
 @click.option("--streams", type=int, default=None,
-              help="Loader streams per process; --workers must divide it [default: 24].")
+              help="Loader streams in all: each gives a piece of every global batch; the process count must divide "
+                   "it and --workers its share per process [default: the global batch size].")
 @click.option("--verify", type=click.Choice(VERIFY_LEVELS), default=None, help="Shard check [default: sha256].")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N [default: auto].")
@@ -122,6 +127,10 @@ def _print_summary(s: dict) -> None:
     click.echo(json.dumps(s, sort_keys=True))
 
 
+def _fail(message: object, code: int = 2) -> None:
+    fail(f"{error_prefix()}{one_line(message)}", code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `phaseforge-train`: every usage or input error is one `error:` line, exit status 2."""
     try:
@@ -129,14 +138,16 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        fail("aborted")
+        _fail("aborted")
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `phaseforge-train`: show the help
         click.echo(exc.format_message(), err=True)
         sys.exit(2)
     except click.ClickException as exc:
-        fail(exc.format_message())
+        _fail(exc.format_message())
+    except RankFailed as exc:  # another rank failed: its own line (exit 2 for bad input) names the cause
+        _fail(exc, code=1)
     except (ValueError, ManifestError) as exc:
-        fail(str(exc))
+        _fail(str(exc))
     except OSError as exc:  # a full disk, a read-only or unwritable --out, an --out below a file
-        fail(os_error_line(exc))
+        _fail(os_error_line(exc))
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -53,7 +53,7 @@ class TrainConfig:
     val_cycles: int = 3                         # recycling cycles at validation (from a zero and a random start)
     ckpt_every: int = 1000
     log_every: int = 50
-    workers: int = 2                            # DataLoader workers per rank (must divide data.streams)
+    workers: int = 2                            # DataLoader workers per rank (must divide its streams)
     compile: bool = False                       # torch.compile the model
     device: str = "auto"                        # auto | cpu | cuda | cuda:N
     prior_samples: int = 4096                   # training samples averaged for the loss prior

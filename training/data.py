@@ -1,26 +1,33 @@
 """Shard streaming for PhAI training: manifests -> seeded, split, augmented batches (DESIGN.md "Data flow").
 
-Each rank runs `streams` virtual streams (default 24); the DataLoader's workers take them round-robin, so the
-batch sequence of a rank does not depend on the worker count as long as the worker count divides `streams`.
-One virtual stream is a pipeline of named stages:
+The data order is a function of the global batch B and the seed, not of the number of processes or workers
+(loader state version 2). G = `streams` global streams (default: B, one per position in the global batch) each
+give a near-equal piece of every global batch: global batch j is the concatenation of piece j of stream 0, of
+stream 1, ..., of stream G - 1 (stream k gives floor((k+1)B/G) - floor(kB/G) samples), and rank r of W takes the
+contiguous streams r G/W .. (r+1) G/W - 1. So W must divide G and B; the DataLoader's workers take contiguous
+blocks of the rank's streams (W' must divide G/W), and the main process joins their parts in stream order. A run
+that checkpoints on W ranks continues the exact sample sequence on any W that divides G (`resume_state`).
+
+Version 1 (checkpoints written before) is the same construction with K = W pieces per batch and T = `streams`
+streams taking turns per piece (`Layout`): it resumes exactly on any number of processes that divides its W.
+
+One stream is a pipeline of named stages:
 
   shard list from the manifest (never a glob)
   -> `stream_shard`      epoch e of a source is a permutation of its shards seeded by (seed, source, e);
-                         global stream g of G = world x streams takes positions g, g + G, g + 2G, ... of the
-                         concatenated epochs: `split_by_node` + `split_by_worker` done by arithmetic
+                         stream g of the G streams takes positions g, g + G, g + 2G, ... of the concatenated
+                         epochs: `split_by_node` + `split_by_worker` done by arithmetic
   -> `read_shard`        bytes read once, checked against the manifest (none | size | sha256), then parsed:
                          (training/shards.py) tar through webdataset or a plain-ustar fast path, HDF5 via h5py
   -> `shuffle_window`    a window of `window` shards permuted, seeded by (seed, source, g, window index)
-  -> `mix_sources`       the source of each sample drawn by weight, seeded by (seed, g, batch index)
-  -> `to_sample`         |F| and phases (computed from the structure for structures-only shards), the
-                         observed mask: d >= d_min, minus a random fraction, minus systematic absences;
-                         seeded per (seed, source, epoch, key)
-  -> `collate`           a batch of raw |F|, phases, observed masks (and padded structures when F is made on
-                         the device by `training.sf_torch`)
+  -> `mix_sources`       the source of each sample drawn by weight, seeded by (seed, g, piece index)
+  -> `to_sample`         masks and reflections per sample, seeded per (seed, source, epoch, key)
+                         (training/samples.py, with `collate` and `prepare_batch`)
 
-`prepare_batch` then max-normalises |F| over the observed set, scatters it onto the PhAI grid and builds the
-loss weight prior x not-absent. A stream's position is (batches made, window and offset per source): the
-checkpoint stores it and a resumed loader continues exactly, without replaying data.
+A stream's position is (pieces made, window and offset per source): the checkpoint stores every stream's and a
+resumed loader continues exactly, without replaying data. Each stream holds one window in memory (G x window shards
+per run, split over the ranks; fewer --streams hold less but allow fewer process counts), and reads the next one
+ahead at a stream-specific point, so the streams, which advance in step, do not all read in the same step.
 
 Why not `wds.split_by_node` / `wds.split_by_worker` / `wds.shuffle` themselves: they read the rank from the
 environment, tie the order to the worker count, and a reservoir shuffle cannot resume without replay
@@ -29,56 +36,55 @@ environment, tie the order to the worker count, and a reservoir shuffle cannot r
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import functools
 import json
+import math
 import signal
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from builder.reflections import d_spacing, phai_hkl, systematic_absences
-from builder.sf import SFPlan, amplitudes_phases, sf_plan, structure_factors
-from builder.symmetry import space_group_ops
-from manifests.schema import ManifestError
 from manifests.seeds import seeded_rng
+from training.samples import (Batch, collate, compute_prior, concat, observed_mask, prepare_batch,
+                              reflections_from_structure, to_sample, validation_batches)
 from training.shards import (SPACE_GROUP, VERIFY_LEVELS, ShardError, Source, check_compatible, open_source,
                              open_sources, read_shard)
 
 __all__ = [
     "DataConfig", "Source", "ShardError", "VERIFY_LEVELS", "SPACE_GROUP", "open_source", "open_sources",
-    "read_shard", "stream_shard", "node_streams", "worker_streams", "observed_mask", "to_sample", "collate",
-    "ShardStreams", "Loader", "compute_prior", "validation_batches", "prepare_batch", "Batch",
-    "consumed_shards", "check_compatible", "reflections_from_structure",
+    "read_shard", "stream_shard", "Layout", "observed_mask", "to_sample", "collate", "concat", "ShardStreams",
+    "Loader", "LOADER_STATE_VERSION", "resume_state", "compute_prior", "validation_batches", "prepare_batch",
+    "Batch", "consumed_shards", "check_compatible", "reflections_from_structure",
 ]
 
 SF_MODES = ("auto", "loader", "device")
-# Seed domains: one stream of random numbers per purpose (DESIGN.md "Determinism and seeds").
-_ORDER, _WINDOW, _MIX, _AUG = 1, 2, 3, 4  # (5 was the random-sign baseline's; the trainer's: training/schedule.py)
+LOADER_STATE_VERSION = 2
+# Seed domains: one stream of random numbers per purpose (DESIGN.md "Determinism and seeds"); 4 is the
+# augmentation's (training/samples.py), 5 was the random-sign baseline's; the trainer's: training/schedule.py.
+_ORDER, _WINDOW, _MIX = 1, 2, 3
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """How shards become batches. Defaults follow the Acta A 2026 retraining (d_min 1.0 A, complete data)."""
 
-    batch_size: int = 64                  # samples per batch on this rank
+    batch_size: int = 64                  # samples per batch on this rank (the global batch / the ranks)
     seed: int = 0                         # shard order, shuffles, source mixing and augmentation
     d_min: tuple[float, float] = (1.0, 1.0)  # A; lo == hi: fixed (Acta A); (0, 2): PhAI (Larsen et al. 2024)
     drop: float = 0.0                     # remove a fraction ~U(0, drop) of the observed reflections (PhAI: 0.15)
     verify: str = "sha256"                # shard check before use: none | size | sha256
-    streams: int = 24                     # virtual streams per rank; the worker count must divide it
+    streams: int = 0                      # global streams (0: the global batch); the ranks must divide it
     window: int = 1                       # shards per shuffle window
     sf: str = "auto"                      # structures-only shards: F in the loader (numpy) or on the device (torch)
     max_index: int = 10                   # PhAI reflection set
 
     def __post_init__(self) -> None:
         lo, hi = self.d_min
-        if not (self.batch_size >= 1 and self.streams >= 1 and self.window >= 1):
-            raise ValueError("batch_size, streams and window must be positive")
+        if not (self.batch_size >= 1 and self.streams >= 0 and self.window >= 1):
+            raise ValueError("batch_size and window must be positive, streams non-negative")
         if not 0.0 <= lo <= hi:
             raise ValueError(f"d_min range ({lo}, {hi}) must satisfy 0 <= lo <= hi")
         if not 0.0 <= self.drop < 1.0:
@@ -97,155 +103,129 @@ def _epoch_order(seed: int, sid: int, epoch: int, n: int) -> np.ndarray:
 
 
 def stream_shard(src: Source, seed: int, g: int, n_global: int, q: int) -> tuple[int, int]:
-    """(shard, epoch) of the q-th shard of global stream g among n_global = world x streams.
+    """(shard, epoch) of the q-th shard of stream g among the run's n_global streams.
 
     The shard positions of all epochs are concatenated, epoch e being a permutation seeded by (seed, source, e);
-    stream g takes positions g, g + n_global, ... So in each epoch the ranks (and streams) get disjoint shards
-    when the shard count is a multiple of n_global, and nearly disjoint ones otherwise.
+    stream g takes positions g, g + n_global, ... So in each epoch the streams (and so the ranks) get disjoint
+    shards when the shard count is a multiple of n_global, and nearly disjoint ones otherwise.
     """
     epoch, r = divmod(g + q * n_global, src.n_shards)
     return int(_epoch_order(seed, src.sid, epoch, src.n_shards)[r]), epoch
 
 
-def node_streams(rank: int, world: int, streams: int) -> list[int]:
-    """split_by_node: the global stream ids of `rank`."""
-    return [rank * streams + v for v in range(streams)]
+@dataclass(frozen=True)
+class Layout:
+    """How global batches are cut from the streams: batch j is pieces 0..K-1 concatenated, piece k (of near-equal
+    size) from stream k T + j mod T. Version 2: K = the global streams, T = 1. Version 1: K = the ranks of the run
+    that wrote it, T = its streams per rank. Rank r of W takes pieces r K/W .. (r+1) K/W - 1."""
 
+    pieces: int     # K
+    cycle: int      # T
+    batch: int      # B, the global batch
+    version: int = LOADER_STATE_VERSION
 
-def worker_streams(mine: list[int], start: int, worker: int, n_workers: int) -> list[int]:
-    """split_by_worker: round-robin order rotated to `start`, then every n_workers-th stream for `worker`.
+    @classmethod
+    def of(cls, cfg: DataConfig, world: int, state: dict | None = None) -> "Layout":
+        """A new run's layout (state None), or a loader state's (a state without a version is version 1)."""
+        batch = cfg.batch_size * world
+        if state is None:
+            streams = cfg.streams or batch
+            if streams > batch:
+                raise ValueError(f"--streams {streams} exceeds the global batch {batch}: every stream gives at "
+                                 "least one sample per batch")
+            return cls(streams, 1, batch)
+        if "version" not in state:
+            return cls(world, cfg.streams, batch, 1)
+        if state["version"] not in (1, LOADER_STATE_VERSION):
+            raise ValueError(f"loader state version {state['version']} is newer than this code's "
+                             f"{LOADER_STATE_VERSION}; resume with the phaseforge that wrote it")
+        return cls(int(state["pieces"]), int(state["cycle"]), batch, int(state["version"]))
 
-    The DataLoader interleaves workers one batch each, so the rank's batch sequence is the round-robin over
-    all its streams whatever the worker count (given the worker count divides the stream count).
-    """
-    order = mine[start:] + mine[:start]
-    return order[worker::n_workers]
+    @property
+    def n_streams(self) -> int:
+        return self.pieces * self.cycle
 
+    def piece_size(self, k: int) -> int:
+        return (k + 1) * self.batch // self.pieces - k * self.batch // self.pieces
 
-# ----------------------------------------------------------------------------- per-sample stage
+    def rank_streams(self, rank: int, world: int) -> list[int]:
+        """split_by_node: the stream ids of `rank`, piece-major."""
+        per = self.pieces // world
+        return [k * self.cycle + t for k in range(rank * per, (rank + 1) * per) for t in range(self.cycle)]
 
-@functools.lru_cache(maxsize=4)
-def _reflection_context(max_index: int) -> tuple[np.ndarray, np.ndarray]:
-    hkl = phai_hkl(max_index)
-    absent = systematic_absences(SPACE_GROUP, hkl)
-    absent.setflags(write=False)
-    return hkl, absent
+    def check(self, world: int, workers: int = 0) -> None:
+        """ValueError unless `world` ranks and `workers` loader workers per rank can run this layout."""
+        if self.pieces % world:
+            why = (f"a version-1 loader state (written before loader-state version {LOADER_STATE_VERSION}) "
+                   f"splits each batch by the {self.pieces} ranks that wrote it" if self.version == 1 else
+                   f"the loader cuts each global batch of {self.batch} into {self.pieces} stream pieces (--streams)")
+            raise ValueError(f"{world} process(es): {why}; use a number of processes that divides {self.pieces}")
+        per_rank = self.pieces // world * self.cycle
+        if workers < 0 or (workers > 0 and per_rank % workers):
+            ok = [w for w in range(1, per_rank + 1) if per_rank % w == 0]
+            raise ValueError(f"--workers {workers}: the worker count must divide the {per_rank} loader streams of "
+                             f"each of the {world} process(es) (0 or one of {', '.join(map(str, ok))})")
 
+    def chunks(self, rank: int, world: int, workers: int) -> tuple[list[list[tuple[int, int]]], int]:
+        """split_by_worker: the rank's (stream, piece size) groups in the order they are consumed over one cycle
+        of T steps, and how many groups make one step. Workers take the groups round-robin; each group is the
+        contiguous block of one worker's streams in one step, so the batch does not depend on the worker count."""
+        ks = range(rank * self.pieces // world, (rank + 1) * self.pieces // world)
+        per_step = math.gcd(max(workers, 1), len(ks))
+        m = len(ks) // per_step
+        return [[(k * self.cycle + t, self.piece_size(k)) for k in ks[i * m:(i + 1) * m]]
+                for t in range(self.cycle) for i in range(per_step)], per_step
 
-@functools.lru_cache(maxsize=4)
-def _plan(max_index: int) -> SFPlan:
-    return sf_plan(space_group_ops(SPACE_GROUP), phai_hkl(max_index))  # one per process (it has scratch buffers)
-
-
-def reflections_from_structure(rec: dict, max_index: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """|F| and phases (float32) of a structures-only record, by the builder's own numpy structure factors."""
-    n = len(_reflection_context(max_index)[0])
-    if len(rec["z"]) == 0:  # an empty structure scatters nothing (builder.sf cannot take N = 0)
-        return np.zeros(n, np.float32), np.zeros(n, np.float32)
-    plan = _plan(max_index)
-    f = structure_factors(plan, np.asarray(rec["cell"], np.float64), rec["frac"], rec["z"], rec["occ"], rec["uiso"])
-    return amplitudes_phases(f, plan.real)
-
-
-def observed_mask(cell: np.ndarray, rng: np.random.Generator, cfg: DataConfig) -> tuple[np.ndarray, float]:
-    """Observed reflections: d >= d_min (fixed or ~U(lo, hi)), minus a fraction ~U(0, drop) of those, minus
-    systematic absences. Returns (mask (N,) bool, d_min)."""
-    hkl, absent = _reflection_context(cfg.max_index)
-    lo, hi = cfg.d_min
-    d_min = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
-    obs = (d_spacing(cell, hkl) >= d_min) & ~absent
-    if cfg.drop > 0:
-        idx = np.flatnonzero(obs)
-        n_drop = int(round(rng.uniform(0.0, cfg.drop) * len(idx)))
-        if n_drop:
-            obs[rng.choice(idx, n_drop, replace=False)] = False
-    return obs, d_min
-
-
-def _sf_in_loader(cfg: DataConfig) -> bool:
-    if cfg.sf == "auto":  # the trainer resolves "auto" in the main process; this is for direct users
-        return not torch.cuda.is_available()
-    return cfg.sf == "loader"
-
-
-def to_sample(rec: dict, src_index: int, src: Source, epoch: int, cfg: DataConfig) -> dict:
-    """A shard record -> a training sample; the augmentation is seeded by (seed, source, epoch, key)."""
-    key = int(rec["__key__"])
-    cell = np.asarray(rec["cell"], dtype=np.float64)
-    out: dict[str, Any] = {"key": key, "source": src_index}
-    if "amplitude" in rec:
-        out["amplitude"] = np.asarray(rec["amplitude"], np.float32)
-        out["phase"] = np.asarray(rec["phase"], np.float32)
-    elif _sf_in_loader(cfg):
-        out["amplitude"], out["phase"] = reflections_from_structure(rec, cfg.max_index)
-    else:
-        out.update(cell=cell, frac=rec["frac"], z=rec["z"], occ=rec["occ"], uiso=rec["uiso"])
-    out["observed"], out["d_min"] = observed_mask(cell, seeded_rng(cfg.seed, _AUG, src.sid, epoch, key), cfg)
-    return out
-
-
-def collate(samples: list[dict]) -> dict:
-    """Stack samples into a batch of tensors; structures are zero-padded (Z = 0 scatters nothing)."""
-    b: dict[str, Any] = {
-        "key": torch.tensor([s["key"] for s in samples], dtype=torch.int64),
-        "source": torch.tensor([s["source"] for s in samples], dtype=torch.int64),
-        "observed": torch.from_numpy(np.stack([s["observed"] for s in samples])),
-        "d_min": torch.tensor([s["d_min"] for s in samples], dtype=torch.float32),
-    }
-    with_f = [s for s in samples if "amplitude" in s]
-    if len(with_f) == len(samples):
-        b["amplitude"] = torch.from_numpy(np.stack([s["amplitude"] for s in samples]))
-        b["phase"] = torch.from_numpy(np.stack([s["phase"] for s in samples]))
-        return b
-    if with_f:
-        raise ValueError("a batch mixes samples with and without reflections; use sf='loader' to mix such sources")
-    n = max(len(s["z"]) for s in samples)
-    pad = np.zeros((len(samples), n, 3), np.float32), np.zeros((len(samples), n), np.int64)
-    occ, uiso = np.zeros((len(samples), n), np.float32), np.zeros((len(samples), n), np.float32)
-    for i, s in enumerate(samples):
-        m = len(s["z"])
-        pad[0][i, :m], pad[1][i, :m], occ[i, :m], uiso[i, :m] = s["frac"], s["z"], s["occ"], s["uiso"]
-    b.update(cell=torch.from_numpy(np.stack([s["cell"] for s in samples])), frac=torch.from_numpy(pad[0]),
-             z=torch.from_numpy(pad[1]), occ=torch.from_numpy(occ), uiso=torch.from_numpy(uiso))
-    return b
+    def state(self) -> dict:
+        return {"version": self.version, "pieces": self.pieces, "cycle": self.cycle}
 
 
 # ----------------------------------------------------------------------------- streams
 
 class _Cursor:
-    """Position of one global stream in one source: shuffle window k, offset j (in its permuted order)."""
+    """Position of one stream in one source: shuffle window k, offset j (in its permuted order).
+
+    Every stream advances one piece a step, so all would finish their windows in the same step and read the next
+    ones at once (a stall of streams x read time). Instead stream g reads its next window ahead, once it has used
+    a fraction 3/4 + u_g/4 of the current one (u_g = frac((g + 1) x golden ratio), spread for any block of
+    streams): the reads spread over the last quarter of each window, for 1/8 of a window more memory on average.
+    """
 
     def __init__(self, src: Source, cfg: DataConfig, g: int, n_global: int, k: int = 0, j: int = 0) -> None:
         self.src, self.cfg, self.g, self.n_global = src, cfg, g, n_global
         self.k, self.j = k, j
         self.items: list[tuple[dict, int]] | None = None
+        self.ahead: list[tuple[dict, int]] | None = None
+        self.lead = 0.75 + 0.25 * ((g + 1) * 0.6180339887498949 % 1.0)
 
-    def _load(self) -> None:
-        """shuffle_window: read the window's shards and permute their samples (seeded per stream and window)."""
+    def _read(self, k: int) -> list[tuple[dict, int]]:
+        """shuffle_window: read window k's shards and permute their samples (seeded per stream and window)."""
         cfg, items = self.cfg, []
-        for q in range(self.k * cfg.window, (self.k + 1) * cfg.window):
+        for q in range(k * cfg.window, (k + 1) * cfg.window):
             shard, epoch = stream_shard(self.src, cfg.seed, self.g, self.n_global, q)
             items += [(r, epoch) for r in read_shard(self.src, shard, cfg.verify, need_atoms=False)]
-        perm = seeded_rng(cfg.seed, _WINDOW, self.src.sid, self.g, self.k).permutation(len(items))
-        self.items = [items[p] for p in perm]
+        perm = seeded_rng(cfg.seed, _WINDOW, self.src.sid, self.g, k).permutation(len(items))
+        return [items[p] for p in perm]
 
     def next(self) -> tuple[dict, int]:
         if self.items is None:
-            self._load()
+            self.items = self._read(self.k)
         while self.j >= len(self.items):
             self.k, self.j = self.k + 1, 0
-            self._load()
-        item = self.items[self.j]
+            self.items, self.ahead = (self.ahead if self.ahead is not None else self._read(self.k)), None
+        item, self.items[self.j] = self.items[self.j], None  # used: let it go (the window's memory shrinks)
         self.j += 1
+        if self.ahead is None and self.j >= self.lead * len(self.items):
+            self.ahead = self._read(self.k + 1)
         return item
 
     def position(self) -> list[int]:
         return [self.k, self.j]
 
 
-def stream_batches(sources: Sequence[Source], cfg: DataConfig, g: int, n_global: int,
-                   state: dict | None = None) -> Iterator[dict]:
-    """Batches of global stream g, forever; each carries the stream's position after it (`state`)."""
+def stream_pieces(sources: Sequence[Source], cfg: DataConfig, g: int, n_global: int, size: int,
+                  state: dict | None = None) -> Iterator[tuple[list[dict], dict]]:
+    """Pieces of `size` samples of stream g, forever, each with the stream's position after it."""
     state = state or {}
     cursors = [_Cursor(s, cfg, g, n_global, *pos) for s, pos in
                zip(sources, state.get("cursors", [[0, 0]] * len(sources)))]
@@ -253,42 +233,49 @@ def stream_batches(sources: Sequence[Source], cfg: DataConfig, g: int, n_global:
     p /= p.sum()
     j = int(state.get("batches", 0))
     while True:
-        # mix_sources: which source each sample of batch j comes from
-        choice = (seeded_rng(cfg.seed, _MIX, g, j).choice(len(sources), cfg.batch_size, p=p) if len(sources) > 1
-                  else np.zeros(cfg.batch_size, dtype=np.int64))
+        # mix_sources: which source each sample of piece j comes from
+        choice = (seeded_rng(cfg.seed, _MIX, g, j).choice(len(sources), size, p=p) if len(sources) > 1
+                  else np.zeros(size, dtype=np.int64))
         samples = []
         for c in choice:
             rec, epoch = cursors[c].next()
             samples.append(to_sample(rec, int(c), sources[c], epoch, cfg))
         j += 1
-        batch = collate(samples)
-        batch["stream"] = g
-        batch["state"] = {"batches": j, "cursors": [cur.position() for cur in cursors]}
-        yield batch
+        yield samples, {"batches": j, "cursors": [cur.position() for cur in cursors]}
 
 
 class ShardStreams(IterableDataset):
-    """An endless stream of batches for one rank; shards split by node and by worker (see module docstring)."""
+    """An endless stream of batch parts for one rank (one part per worker group, see `Layout.chunks`)."""
 
     def __init__(self, sources: Sequence[Source], cfg: DataConfig, rank: int = 0, world: int = 1,
-                 state: dict | None = None) -> None:
+                 state: dict | None = None, layout: Layout | None = None) -> None:
         super().__init__()
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside world size {world}")
         self.sources, self.cfg, self.rank, self.world = list(sources), cfg, rank, world
         self.state = state or {"batches": 0, "streams": {}}
+        self.layout = layout or Layout.of(cfg, world, state)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        mine = node_streams(self.rank, self.world, self.cfg.streams)
-        start = int(self.state["batches"]) % self.cfg.streams
-        gens = [stream_batches(self.sources, self.cfg, g, self.world * self.cfg.streams,
-                               self.state["streams"].get(str(g)))
-                for g in worker_streams(mine, start, worker, n_workers)]
+        lay = self.layout
+        groups, per_step = lay.chunks(self.rank, self.world, n_workers)
+        start = int(self.state["batches"]) % lay.cycle * per_step  # the group that comes next
+        mine = (groups[start:] + groups[:start])[worker::n_workers]
+        gens = {g: stream_pieces(self.sources, self.cfg, g, lay.n_streams, size, self.state["streams"].get(str(g)))
+                for group in mine for g, size in group}
         while True:
-            for gen in gens:
-                yield next(gen)
+            for group in mine:
+                samples, states = [], {}
+                for g, _ in group:
+                    piece, states[str(g)] = next(gens[g])
+                    samples += piece
+                part = collate(samples)
+                if info is not None:  # numpy: pickled through the pipe (one fd per tensor costs more)
+                    part = {k: v.numpy() for k, v in part.items()}
+                part["states"] = states
+                yield part
 
 
 def _worker_init(_: int) -> None:
@@ -299,6 +286,11 @@ def _worker_init(_: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+_PREFETCH = 4  # parts queued per worker
+
+
+def _as_is(part: dict) -> dict:  # the DataLoader's default would turn the worker's numpy into shared-memory tensors
+    return part
 _LIVE: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -317,34 +309,40 @@ def _shutdown_all() -> None:  # runs before multiprocessing's exit handler (atex
 class Loader:
     """The rank's batch iterator (a DataLoader over `ShardStreams`) that remembers the position consumed.
 
-    `state_dict()` is the position after the last batch handed out (not after what workers prefetched), so a
-    checkpoint taken between steps resumes exactly.
+    `state` is a state of this rank (`state_dict()`) or of all ranks (`resume_state`); only this rank's streams
+    are taken. `state_dict()` is the position after the last batch handed out (not after what workers
+    prefetched), so a checkpoint taken between steps resumes exactly.
     """
 
     def __init__(self, sources: Sequence[Source], cfg: DataConfig, rank: int = 0, world: int = 1,
                  workers: int = 0, state: dict | None = None, pin_memory: bool = False) -> None:
-        if workers < 0 or (workers > 0 and cfg.streams % workers):
-            ok = [w for w in range(1, cfg.streams + 1) if cfg.streams % w == 0]
-            raise ValueError(f"--workers {workers}: the worker count must divide the {cfg.streams} loader streams "
-                             f"(0 or one of {', '.join(map(str, ok))})")
+        self.layout = Layout.of(cfg, world, state)
+        self.layout.check(world, workers)
         self.sources, self.cfg, self.rank, self.world, self.workers = list(sources), cfg, rank, world, workers
         st = state or {"batches": 0, "streams": {}}
-        self._state = {"batches": int(st["batches"]), "streams": {str(k): v for k, v in st["streams"].items()}}
+        mine = {str(g) for g in self.layout.rank_streams(rank, world)}
+        self._state = {**self.layout.state(), "batches": int(st["batches"]),
+                       "streams": {str(k): v for k, v in st["streams"].items() if str(k) in mine}}
         self.pin_memory = pin_memory
 
     def __iter__(self) -> Iterator[dict]:
-        ds = ShardStreams(self.sources, self.cfg, self.rank, self.world,
-                          json.loads(json.dumps(self._state)))
-        dl = DataLoader(ds, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory,
+        ds = ShardStreams(self.sources, self.cfg, self.rank, self.world, json.loads(json.dumps(self._state)),
+                          self.layout)
+        dl = DataLoader(ds, batch_size=None, num_workers=self.workers, collate_fn=_as_is,
                         worker_init_fn=_worker_init if self.workers else None,
-                        prefetch_factor=4 if self.workers else None, persistent_workers=False)
+                        prefetch_factor=_PREFETCH if self.workers else None, persistent_workers=False)
+        per_step = self.layout.chunks(self.rank, self.world, self.workers)[1]
         it = iter(dl)
         _LIVE.add(it)
+        parts: list[dict] = []
         try:
-            for batch in it:
-                self._state["batches"] += 1
-                self._state["streams"][str(int(batch["stream"]))] = batch["state"]
-                yield batch
+            for part in it:
+                self._state["streams"].update(part.pop("states"))
+                parts.append(part)
+                if len(parts) == per_step:
+                    self._state["batches"] += 1
+                    batch, parts = concat(parts), []
+                    yield {k: v.pin_memory() for k, v in batch.items()} if self.pin_memory else batch
         finally:
             _shutdown(it)
 
@@ -352,105 +350,38 @@ class Loader:
         return json.loads(json.dumps(self._state))
 
 
+def resume_state(dataloader: dict, cfg: DataConfig, world: int, workers: int = 0) -> dict:
+    """The loader state of all ranks from a checkpoint's {"world", "ranks"}, checked for `world` processes with
+    `workers` loader workers each (`cfg`: one rank's DataConfig of the resumed run).
+
+    Raises:
+        ValueError: the layout cannot run on `world` processes or `workers` workers.
+    """
+    ranks = dataloader["ranks"]
+    state = {"batches": int(ranks[0]["batches"]), "streams": {}}
+    for st in ranks:
+        state["streams"].update(st["streams"])
+    if "version" in ranks[0]:
+        state.update(Layout.of(cfg, 1, ranks[0]).state())
+    else:  # version 1: as many pieces as the ranks that wrote it, its `streams` per rank taking turns
+        state.update(version=1, pieces=int(dataloader["world"]), cycle=cfg.streams)
+    Layout.of(cfg, world, state).check(world, workers)
+    return state
+
+
 def consumed_shards(sources: Sequence[Source], cfg: DataConfig, rank: int, world: int,
                     state: dict) -> set[tuple[int, int, int]]:
-    """(source, epoch, shard) of every window a rank has started reading, from its loader state."""
+    """(source, epoch, shard) of every window a rank has taken samples from, from its loader state."""
+    lay = Layout.of(cfg, world, state)
+    mine = set(lay.rank_streams(rank, world))
     out = set()
     for g_txt, st in state["streams"].items():
         g = int(g_txt)
-        if not rank * cfg.streams <= g < (rank + 1) * cfg.streams:
+        if g not in mine:
             raise ValueError(f"stream {g} does not belong to rank {rank}")
         for si, (k, j) in enumerate(st["cursors"]):
             last = k if j > 0 else k - 1
             for q in range((last + 1) * cfg.window):
-                shard, epoch = stream_shard(sources[si], cfg.seed, g, world * cfg.streams, q)
+                shard, epoch = stream_shard(sources[si], cfg.seed, g, lay.n_streams, q)
                 out.add((si, epoch, shard))
     return out
-
-
-# ----------------------------------------------------------------------------- prior, validation, batches
-
-def _records_in_order(src: Source, verify: str, need_atoms: bool = False) -> Iterator[dict]:
-    for shard in range(src.n_shards):
-        yield from read_shard(src, shard, verify, need_atoms)
-
-
-def _amplitudes(rec: dict, max_index: int) -> np.ndarray:
-    if "amplitude" in rec:
-        return np.asarray(rec["amplitude"], np.float64)
-    return reflections_from_structure(rec, max_index)[0].astype(np.float64)
-
-
-def compute_prior(sources: Sequence[Source], n_samples: int = 4096, verify: str = "sha256",
-                  max_index: int = 10) -> np.ndarray:
-    """PhAI's loss prior: the mean normalised |F| per reflection over (a sample of) the training manifests.
-
-    |F| is divided by its maximum over the non-absent reflections of the whole set (no resolution or
-    completeness mask), then averaged over the first samples of each manifest (in manifest order, n_samples
-    split by the mixing weights), and the per-source means are mixed by weight. Absent reflections get 0.
-
-    Returns:
-        (N,) float32.
-    """
-    _, absent = _reflection_context(max_index)
-    w = np.array([s.weight for s in sources], np.float64)
-    w /= w.sum()
-    prior = np.zeros(len(absent), np.float64)
-    for s, ws in zip(sources, w):
-        want = max(1, int(round(n_samples * ws)))
-        acc, n = np.zeros(len(absent), np.float64), 0
-        for rec in _records_in_order(s, verify):
-            amp = np.where(absent, 0.0, _amplitudes(rec, max_index))
-            top = amp.max()
-            if top > 0:
-                acc += amp / top
-                n += 1
-            if n >= want:
-                break
-        if n == 0:
-            raise ManifestError(f"{s.manifest}: no sample with non-zero amplitudes to compute the prior from")
-        prior += ws * acc / n
-    return prior.astype(np.float32)
-
-
-def validation_batches(src: Source, cfg: DataConfig, n_samples: int) -> list[dict]:
-    """The first n_samples of a held-out manifest in manifest order, masked as epoch 0: the same every time."""
-    cfg_val = dataclasses.replace(cfg, sf="loader")
-    samples = []
-    for rec in _records_in_order(src, cfg.verify):
-        samples.append(to_sample(rec, 0, src, 0, cfg_val))
-        if len(samples) >= n_samples:
-            break
-    return [collate(samples[i:i + cfg.batch_size]) for i in range(0, len(samples), cfg.batch_size)]
-
-
-@dataclass
-class Batch:
-    """What the model and loss take: see `prepare_batch`."""
-
-    amplitude: torch.Tensor   # (B, N) |F| / max observed |F|, 0 where not observed
-    grid: torch.Tensor        # (B, 2m+1, m+1, m+1) amplitude grid (PhAI input)
-    phase: torch.Tensor       # (B, N) true phases, radians
-    observed: torch.Tensor    # (B, N) bool
-    weight: torch.Tensor      # (B, N) prior x not absent
-
-
-def prepare_batch(batch: dict, prior: torch.Tensor, device: torch.device | str = "cpu",
-                  max_index: int = 10) -> Batch:
-    """Normalise and grid a loader batch on `device`; compute F there first for structures-only batches."""
-    from training.model import to_grid  # local: model imports nothing from here, keep it that way
-
-    hkl, absent = _reflection_context(max_index)
-    observed = batch["observed"].to(device, non_blocking=True)
-    if "amplitude" in batch:
-        amp = batch["amplitude"].to(device, non_blocking=True)
-        phase = batch["phase"].to(device, non_blocking=True)
-    else:
-        from training.sf_torch import structure_factors_torch
-        amp, phase = structure_factors_torch(*(batch[k].to(device) for k in ("cell", "frac", "z", "occ", "uiso")),
-                                             hkl=hkl, space_group=SPACE_GROUP)
-    amp = amp * observed                                                  # (B, N)
-    amp = amp / amp.amax(dim=1, keepdim=True).clamp_min(torch.finfo(amp.dtype).tiny)
-    not_absent = torch.from_numpy(~absent).to(device)
-    weight = (prior.to(device) * not_absent).expand_as(amp)              # (N,) -> (B, N)
-    return Batch(amplitude=amp, grid=to_grid(amp, hkl, max_index), phase=phase, observed=observed, weight=weight)

@@ -5,8 +5,10 @@ Follows the Acta A 2026 retraining of PhAI (phai-facts.md "Training as published
 pass only (`training.model.recycle`); loss weight = prior (mean normalised |F| per reflection) x not absent.
 
 One process or many under `torchrun` (DistributedDataParallel; NCCL on GPUs, gloo on CPUs). The global batch
-is split evenly over the ranks, so the recipe does not change with the GPU count. Rank 0 locks the run directory,
-validates, logs and writes checkpoints; every rank stores its loader position in them. A non-finite loss or
+is split evenly over the ranks, so the recipe does not change with the GPU count, nor does the data order: a run
+resumes on any process count that divides its loader streams (training/data.py). Rank 0 locks the run directory,
+validates, logs and writes checkpoints; every rank stores its loader position in them. A rank that fails is named,
+with its error, in every node's log (training/distributed.py). A non-finite loss or
 gradient stops the run before the step is applied, keeping the last checkpoint (one line, exit 2).
 """
 from __future__ import annotations
@@ -31,10 +33,12 @@ from tqdm import tqdm
 
 from builder.reflections import hkl_hash, phai_hkl
 from manifests.schema import ManifestError, write_json_atomic
+from manifests.seeds import seeded_rng
 from training.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, check_resume, code_version, save_checkpoint,
                                  training_checkpoint)
 from training.config import TrainConfig, json_plain, resolve_device
-from training.data import Loader, compute_prior, open_sources, prepare_batch, validation_batches
+from training.data import Loader, compute_prior, open_sources, prepare_batch, resume_state, validation_batches
+from training.distributed import dist_info, process_group
 from training.loss import phai_loss
 from training.model import PhAINet, config_dict, preset, recycle, seeded_model, to_grid
 from training.rundir import RunLock, log_json, open_metrics, tb_log, tensorboard
@@ -42,6 +46,8 @@ from training.schedule import LRSchedule, n_cycles_at, start_phases_deg
 from training.validation import random_sign_baseline, validate
 
 __all__ = ["TrainConfig", "RunState", "TrainingDiverged", "fit", "train_step", "n_cycles_at"]
+
+_TORCH = 10  # seed domain of torch's global generator (training/schedule.py: 7-9, the loader's: 1-4)
 
 
 class TrainingDiverged(ManifestError):
@@ -269,11 +275,6 @@ def _loop(st: RunState, progress: bool | None) -> dict:
 
 # ----------------------------------------------------------------------------- setting up
 
-def _dist_info() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def _resolve_sf(data_cfg, sources, device: torch.device):
     """sf='auto' is decided here, not in forked loader workers (they must not touch CUDA)."""
     if data_cfg.sf == "auto":
@@ -310,14 +311,16 @@ def _setup(cfg: TrainConfig, out: Path, ck: dict | None, sources, val_src, data_
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = LRSchedule(opt, cfg)
     loader_state = None
-    if ck is not None:
+    if ck is None:  # torch's generator starts randomly; no training choice draws from it, but it is saved
+        torch.manual_seed(int(seeded_rng(cfg.seed, _TORCH).integers(2**62)))
+    else:
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["lr_scheduler"])
-        loader_state = ck["dataloader"]["ranks"][rank]
+        loader_state = resume_state(ck["dataloader"], data_cfg, world, cfg.workers)  # all ranks' streams
         torch.set_rng_state(ck["rng"]["torch"])
-    ddp = (torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None,
-                                                     broadcast_buffers=False) if world > 1 else net)
+    ddp = (torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
+           if world > 1 else net)  # PhAI has no buffers (GroupNorm / LayerNorm): nothing to broadcast
     fwd_train, fwd_eval = (torch.compile(ddp), torch.compile(net)) if cfg.compile else (ddp, net)
     config = {"train": json_plain(dataclasses.asdict(cfg)), "model": config_dict(model_cfg),
               "data": json_plain(dataclasses.asdict(data_cfg)), "sources": [s.describe() for s in sources],
@@ -350,7 +353,7 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool 
         TrainingDiverged: a non-finite loss; CheckpointError: a checkpoint could not be written.
     """
     out = Path(out)
-    rank, world, local_rank = _dist_info()
+    rank, world, local_rank = dist_info()
     model_cfg = preset(cfg.preset)
     data_cfg = cfg.data_config(world)
     if not cfg.val:
@@ -361,7 +364,8 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool 
         _warn_if_val_is_train([s.describe() for s in sources], val_src.describe(), log)
     # Resolved locations: a resume from another working directory finds the same files.
     cfg = dataclasses.replace(cfg, train=tuple(s.manifest for s in sources), val=val_src.manifest)
-    Loader(sources, data_cfg, workers=cfg.workers)  # ValueError on a bad worker count, before any write
+    if not resume:  # ValueError on a bad worker or process count, before any write (a resume: check_resume)
+        Loader(sources, data_cfg, rank, world, workers=cfg.workers)
     device = resolve_device(cfg.device, local_rank)
     data_cfg = _resolve_sf(data_cfg, sources, device)
     if resume and not (out / "last.pt").is_file():
@@ -377,18 +381,13 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool 
         ck = _existing_run(out, resume)
         if ck is not None:
             check_resume(ck, cfg, [s.describe() for s in sources], val_src.describe(), world)
-        if world > 1 and not dist.is_initialized():
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         st = None
-        try:
-            st = _setup(cfg, out, ck, sources, val_src, data_cfg, device, rank, world, prior, val_batches, log)
-            return _loop(st, progress)
-        finally:
-            if st is not None and st.metrics is not None:
-                st.metrics.close()
-            if st is not None and st.writer is not None:
-                st.writer.close()
-            if world > 1 and dist.is_initialized():
-                dist.destroy_process_group()
+        with process_group(world, device):
+            try:
+                st = _setup(cfg, out, ck, sources, val_src, data_cfg, device, rank, world, prior, val_batches, log)
+                return _loop(st, progress)
+            finally:
+                if st is not None and st.metrics is not None:
+                    st.metrics.close()
+                if st is not None and st.writer is not None:
+                    st.writer.close()
