@@ -30,16 +30,17 @@ MAX_REDRAWS = 1000
 
 
 def generate_structure(strategy: Strategy, root_seed: int, index: int) -> Structure:
-    """Cell, then atoms. A structure left without atoms (a cell of ~100 Å³ whose one atom clashes with its own
-    images) has no diffraction to learn from: it is redrawn, cell and all, from the same two streams."""
+    """Cell, then atoms. A structure left without non-H atoms (a cell of ~100 Å³ whose one heavy atom clashes with
+    its own images, leaving nothing or only hydrogens placed at random) is no artificial molecule and has almost
+    nothing to diffract: it is redrawn, cell and all, from the same two streams."""
     sid = strategy.strategy_id
     rng_cell = seeded_rng(root_seed, sid, index, STREAM_CELL)
     rng_atoms = seeded_rng(root_seed, sid, index, STREAM_ATOMS)
     for _ in range(MAX_REDRAWS):
         s = fill_atoms(rng_atoms, sample_cell(rng_cell, strategy.cell), strategy.space_group, strategy.fill)
-        if s.n_atoms:
+        if s.n_atoms > s.n_hydrogen:
             return s
-    raise ValueError(f"strategy {strategy.name} gave {MAX_REDRAWS} empty structures in a row: raise V or lower V_atom")
+    raise ValueError(f"strategy {strategy.name} gave {MAX_REDRAWS} structures without non-H atoms in a row: raise V or lower V_atom")
 
 
 def generate_sample(strategy: Strategy, root_seed: int, index: int, with_reflections: bool = True) -> dict:
