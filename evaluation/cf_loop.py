@@ -106,6 +106,7 @@ class _State:
     g: np.ndarray  # (A, n_half) last G
     g_prev: np.ndarray  # (A, n_half) G of the cycle before
     g_check: np.ndarray  # (A, n_half) G at the previous check
+    g_sum: np.ndarray  # (A, n_half) sum of G since the previous check
     delta: np.ndarray  # (A,)
     cycles: np.ndarray  # (A,) int
     active: np.ndarray  # (A,) bool
@@ -126,7 +127,8 @@ def _start(p1: P1Data, rng: np.random.Generator, cfg: CFConfig, phi0: np.ndarray
     f = np.zeros((a_n, n_half), dtype=np.complex128)
     f[:, p1.obs] = p1.e_obs * np.exp(1j * phi)
     n_checks = cfg.max_cycles // cfg.check_every + 1
-    return _State(f=f, g=np.zeros_like(f), g_prev=np.zeros_like(f), g_check=np.zeros_like(f), delta=np.zeros(a_n),
+    return _State(f=f, g=np.zeros_like(f), g_prev=np.zeros_like(f), g_check=np.zeros_like(f),
+                  g_sum=np.zeros_like(f), delta=np.zeros(a_n),
                   cycles=np.zeros(a_n, dtype=np.int64), active=np.ones(a_n, dtype=bool),
                   converged=np.zeros(a_n, dtype=bool), streak=np.zeros(a_n, dtype=np.int64),
                   hist=np.full((a_n, cfg.max_cycles), np.nan), skew=np.full((a_n, cfg.max_cycles), np.nan),
@@ -149,6 +151,7 @@ def _cycle(p1: P1Data, st: _State, idx: np.ndarray, cyc: int, cfg: CFConfig) -> 
     gg = p1.grid.to_half(rho)
     st.g_prev[idx] = st.g[idx]
     st.g[idx] = gg
+    st.g_sum[idx] += gg
     gobs = gg[:, obs]
     ag = np.abs(gobs[:, strong])
     scale = (e_strong * ag).sum(axis=1) / np.maximum((ag * ag).sum(axis=1), 1e-300)
@@ -170,15 +173,21 @@ def _restricted_at(p1: P1Data, ops: SymOps, half: np.ndarray, t: np.ndarray) -> 
 
 def _check(p1: P1Data, ops: SymOps, plan: OriginPlan, st: _State, idx: np.ndarray, k: int) -> None:
     """Convergence check k: agreement of each start's restricted phase set with the previous check's map,
-    both at the origin found now (so an origin that flips between equivalent choices does not matter)."""
+    both at the origin found now (so an origin that flips between equivalent choices does not matter).
+
+    The map compared is the mean of the two states the π/2 rule alternates between; for continuous phases (no
+    inversion at the origin) the mean of every cycle since the last check, since their phases keep a jitter of
+    ~20° after convergence that 0/π signs do not see (measured β-glycine, P3₂: agreement stayed at 0.93-0.95
+    for 300 cycles with the 2-cycle mean, reached 0.95 by cycle 76-136 with the 4-cycle mean)."""
     w = p1.w_list
     for a in idx:
-        g = st.g[a] + st.g_prev[a]  # the mean of the two states the π/2 rule alternates between
+        g = st.g[a] + st.g_prev[a] if ops.inversion_at_origin else st.g_sum[a].copy()
         t, _ = plan.search(p1.grid.lookup(p1.solution(g), p1.h_p1), newton_steps=0)  # both maps at one t: no need to refine
         if k > 0:
             d = _restricted_at(p1, ops, g, t) - _restricted_at(p1, ops, st.g_check[a], t)
             st.agree[a, k] = float(np.sum(w * np.cos(d)) / np.sum(w))
         st.g_check[a] = g
+    st.g_sum[idx] = 0.0
 
 
 def run_flips(p1: P1Data, ops: SymOps, plan: OriginPlan, rng: np.random.Generator, cfg: CFConfig,
