@@ -33,9 +33,10 @@ from evaluation.charge_flipping import CFConfig, charge_flip
 from evaluation.cif import STANDARD_SETTING, Unusable, parse_structure, reflections
 from evaluation.measured import calculated_twins, prepare_measured
 from evaluation.metrics import phase_r_batch
-from evaluation.prepared import Prepared
+from evaluation.prepared import Prepared, prepare_each, short_error
 from evaluation.recycle import ScanInput, pick_runs, scan
-from evaluation.testset import SELECTIONS, iter_testset_cifs, load_testset, selection_reason, shipped_testset
+from evaluation.testset import (SELECTIONS, id_key, iter_testset_cifs, load_testset, selection_reason,
+                                shipped_testset)
 from manifests.seeds import seeded_rng, stable_id
 
 __all__ = ["METHODS", "Inputs", "Prepared", "open_testset", "open_cif_dir", "prepare_all", "evaluate",
@@ -52,14 +53,6 @@ class Inputs:
 
     items: list[tuple[str, bytes | Unusable]]
     meta: dict[str, Any]  # kind, name, sha256 (and select)
-
-
-def _short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-
-
-def _id_key(name: str) -> tuple[int, str]:
-    return (len(name), name)
 
 
 def open_testset(testset: str | os.PathLike) -> Inputs:
@@ -104,7 +97,7 @@ def open_cif_dir(cif_dir: str | os.PathLike, select: str | None = None) -> Input
         raise ValueError(f"--cifs {root} is not a directory")
     if select is not None and select not in SELECTIONS:
         raise ValueError(f"unknown selection {select!r}: choose one of {', '.join(sorted(SELECTIONS))}")
-    paths = sorted(root.glob("*.cif"), key=lambda p: _id_key(p.stem))
+    paths = sorted(root.glob("*.cif"), key=lambda p: id_key(p.stem))
     if not paths:
         raise ValueError(f"no .cif files in {root}")
     items: list[tuple[str, bytes | Unusable]] = []
@@ -135,27 +128,17 @@ def prepare_all(inputs: Inputs, hkl: np.ndarray, d_min: float, select: str | Non
     if inputs.meta.get("measured"):
         return prepare_measured(inputs, hkl, d_min, limit)
     plan = sf_plan(space_group_ops(STANDARD_SETTING), hkl)
-    good, skipped = [], []
-    for sid, data in inputs.items[:limit]:
-        try:
-            if isinstance(data, Unusable):
-                raise data
-            ing = parse_structure(data, sid)
-            if select is not None and (why := selection_reason(ing.cell6, select)) is not None:
-                raise Unusable("cell out of the selected range", why)
-            amp, phase, obs = reflections(ing, hkl, d_min, plan)
-            if not np.all(np.isfinite(amp[obs])) or float(np.sum(amp[obs].astype(np.float64) ** 2)) <= 0.0:
-                raise Unusable("no observed reflections", f"no observed power at d_min = {d_min} A")
-        except Unusable as exc:
-            skipped.append({"id": sid, "reason": exc.reason, "detail": exc.detail})
-            continue
-        except Exception as exc:  # noqa: BLE001 (one odd file must not stop the run; it is listed instead)
-            skipped.append({"id": sid, "reason": "ingestion failed", "detail": _short(exc)})
-            continue
-        good.append(Prepared(id=sid, cell6=ing.cell6, volume=ing.volume, compound_class=ing.compound_class,
-                             n_special=ing.n_special, n_atoms=ing.n_atoms, amp=amp,
-                             phase=phase.astype(np.float64), observed=obs))
-    return good, skipped
+
+    def one(sid: str, data: bytes) -> Prepared:
+        ing = parse_structure(data, sid)
+        if select is not None and (why := selection_reason(ing.cell6, select)) is not None:
+            raise Unusable("cell out of the selected range", why)
+        amp, phase, obs = reflections(ing, hkl, d_min, plan)
+        if not np.all(np.isfinite(amp[obs])) or float(np.sum(amp[obs].astype(np.float64) ** 2)) <= 0.0:
+            raise Unusable("no observed reflections", f"no observed power at d_min = {d_min} A")
+        return Prepared.of(ing, amp, phase, obs)
+
+    return prepare_each(inputs.items, one, "ingestion failed", limit)
 
 
 def _score(p: Prepared, hkl: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +167,7 @@ def _cf_row(p: Prepared, hkl: np.ndarray, seed: int, cfg: CFConfig | None,
         res = charge_flip(p.cell6, hkl, p.amp, p.observed, space_group=STANDARD_SETTING,
                           rng=_rng(seed, _CF_KEY, p.id), config=cfg, start_phases=start_phases)
     except Exception as exc:  # noqa: BLE001 (listed as skipped; the run goes on)
-        return {"id": p.id, "error": _short(exc)}
+        return {"id": p.id, "error": short_error(exc)}
     r, mpe = _score(p, hkl, np.stack([res.phase_polished, res.phase_raw, res.phase_sym]))
     return {**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0]), "r_raw": float(r[1]),
             "mpe_raw": float(mpe[1]), "r_sym": float(r[2]), "converged": bool(res.converged),

@@ -13,10 +13,11 @@ from typing import Any
 
 import gemmi
 
-from evaluation.outputs import publish, stage, write_solution
+from evaluation.outputs import write_solution
 from evaluation.reduce import NETWORK_D_MIN, reduce_measured
 from evaluation.reflections_io import read_input
 from evaluation.solve import check_method, move_solution, score_against_model, solve_reduced
+from evaluation.staging import publish, stage
 
 __all__ = ["solve_job", "default_method", "peak_count"]
 
@@ -116,8 +117,8 @@ def solve_job(input_path: Path, out: Path, *, method: str | None = None, checkpo
                "pick_rule": "the only method run" if len(results) == 1 else
                "highest E-map skewness over the reflections every method phased",
                "methods": {r.method: _method_entry(r, red, meas.model) for r in results}, "origin": origin}
-    tmp = stage(Path(out))
+    tmp = stage(out)
     summary = write_solution(tmp, red, phase, summary, method=picked, n_peaks=peaks,
                              wavelength=meas.wavelength, sfac=meas.sfac, unit=meas.unit)
-    publish(tmp, Path(out))
+    publish(tmp, out)
     return summary, state

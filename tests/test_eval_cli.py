@@ -143,6 +143,11 @@ def test_unusable_inputs_are_listed_and_do_not_stop_the_run(tmp_path: Path, cif_
     assert rep["skipped_counts"] == {"another space group": 1, "missing coordinates": 1, "unparsable": 1}
     assert "9008040" in (tmp_path / "u" / "report.md").read_text()
     assert "skipped 9008040: another space group" in res.output
+    # ferrocene and malonamide carry no U at all (tests/data/cif/README.md): every site gets the default
+    assert {r["id"]: r["n_u_fallback"] for r in rows(tmp_path / "u")} == {"9004097": "0", "2101932": "11",
+                                                                          "1209222": "26"}
+    assert rep["u_fallback"] == {"structures": 2, "sites": 37, "ids": ["1209222", "2101932"], "u_iso": 0.05}
+    assert "37 sites in 2 structures had no usable U" in (tmp_path / "u" / "report.md").read_text()
     sel = invoke("run", "--cifs", cif_dir, "--method", "true", "--select", "p21c-small", "--out", tmp_path / "s",
                  "--no-plots")
     assert sel.exit_code == 0, sel.output
