@@ -10,12 +10,10 @@ structure's result does not depend on the batch, the worker count, the input ord
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import lzma
-import multiprocessing
 import os
 import tarfile
 import time
@@ -25,26 +23,23 @@ from typing import Any
 
 import numpy as np
 
-from builder.reflections import hkl_hash, phai_hkl
+from builder.reflections import hkl_hash
 from builder.sf import sf_plan
 from builder.symmetry import space_group_ops
-from evaluation.baselines import random_signs, true_phases
-from evaluation.charge_flipping import CFConfig, charge_flip
+from evaluation.baselines import baseline_row, cf_row, cf_rows, score_phases
+from evaluation.charge_flipping import CFConfig
 from evaluation.cif import STANDARD_SETTING, Unusable, parse_structure, reflections
 from evaluation.measured import calculated_twins, prepare_measured
-from evaluation.metrics import phase_r_batch
-from evaluation.prepared import Prepared, prepare_each, short_error
+from evaluation.prepared import Prepared, prepare_each
 from evaluation.recycle import ScanInput, pick_runs, scan
 from evaluation.testset import (SELECTIONS, id_key, iter_testset_cifs, load_testset, selection_reason,
                                 shipped_testset)
-from manifests.seeds import seeded_rng, stable_id
 
 __all__ = ["METHODS", "Inputs", "Prepared", "open_testset", "open_cif_dir", "prepare_all", "evaluate",
            "reflection_meta"]
 
 METHODS = ("model", "charge-flipping", "random", "true", "model+cf")
 MODEL_METHODS = ("model", "model+cf")  # the methods that run the network (need --checkpoint)
-_RANDOM_KEY, _CF_KEY = 3, 2  # spawn_key purposes (1 = random starts of the scan, evaluation.recycle)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,64 +136,6 @@ def prepare_all(inputs: Inputs, hkl: np.ndarray, d_min: float, select: str | Non
     return prepare_each(inputs.items, one, "ingestion failed", limit)
 
 
-def _score(p: Prepared, hkl: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """r and MPE of (K, N) phase sets (radians) of one structure."""
-    k = len(phases)
-    r, _, mpe = phase_r_batch(np.broadcast_to(p.amp, (k, len(hkl))), phases,
-                              np.broadcast_to(p.phase, (k, len(hkl))), hkl,
-                              np.broadcast_to(p.observed, (k, len(hkl))))
-    return r, mpe
-
-
-def _rng(seed: int, purpose: int, sid: str) -> np.random.Generator:
-    return seeded_rng(seed, purpose, stable_id(sid))
-
-
-def _simple(method: str, p: Prepared, hkl: np.ndarray, seed: int) -> dict[str, Any]:
-    ph = true_phases(p.phase) if method == "true" else random_signs(p.amp, _rng(seed, _RANDOM_KEY, p.id))
-    r, mpe = _score(p, hkl, ph[None])
-    return {**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0])}
-
-
-def _cf_row(p: Prepared, hkl: np.ndarray, seed: int, cfg: CFConfig | None,
-            start_phases: np.ndarray | None = None) -> dict[str, Any]:
-    """Charge flipping of one structure (from random starts, or from given start phases); {"error"} on failure."""
-    try:
-        res = charge_flip(p.cell6, hkl, p.amp, p.observed, space_group=STANDARD_SETTING,
-                          rng=_rng(seed, _CF_KEY, p.id), config=cfg, start_phases=start_phases)
-    except Exception as exc:  # noqa: BLE001 (listed as skipped; the run goes on)
-        return {"id": p.id, "error": short_error(exc)}
-    r, mpe = _score(p, hkl, np.stack([res.phase_polished, res.phase_raw, res.phase_sym]))
-    return {**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0]), "r_raw": float(r[1]),
-            "mpe_raw": float(mpe[1]), "r_sym": float(r[2]), "converged": bool(res.converged),
-            "cf_cycles": int(res.cycles), "cf_cycles_run": int(res.cycles_run), "r_cf": float(res.r_cf),
-            "origin_margin": float(res.origin_margin) if np.isfinite(res.origin_margin) else None}
-
-
-def _cf_task(args: tuple[Prepared, int, CFConfig | None]) -> dict[str, Any]:
-    """Top level, so worker processes can run it."""
-    p, seed, cfg = args
-    return _cf_row(p, phai_hkl(), seed, cfg)
-
-
-def _charge_flipping(prepared: list[Prepared], seed: int, workers: int, cfg: CFConfig | None,
-                     tick: Callable[[], None]) -> list[dict]:
-    tasks = [(p, seed, cfg) for p in prepared]
-    if workers <= 1 or len(tasks) <= 1:
-        out = []
-        for t in tasks:
-            out.append(_cf_task(t))
-            tick()
-        return out
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        out = []
-        for row in pool.map(_cf_task, tasks, chunksize=1):
-            out.append(row)
-            tick()
-        return out
-
-
 def _model_cf_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg: Any, seed: int,
                    cf_config: CFConfig | None, tick: Callable[[], None]) -> list[dict]:
     """Charge flipping started from the network: one attempt per scan start, from its best run by the FOM."""
@@ -207,7 +144,7 @@ def _model_cf_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_c
     for p, res in zip(prepared, scan(model, hkl, inputs, scan_cfg)):
         fom = getattr(res, scan_cfg.fom)
         starts = np.radians(res.phase_deg[np.arange(len(fom)), np.argmax(fom, axis=1)].astype(np.float64))
-        rows.append(_cf_row(p, hkl, seed, cf_config, start_phases=starts))
+        rows.append(cf_row(p, hkl, seed, cf_config, start_phases=starts))
         tick()
     return rows
 
@@ -223,7 +160,7 @@ def _model_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg:
     starts, cycles = scan_cfg.start_names, scan_cfg.cycles
     for p, res in zip(prepared, scan(model, hkl, inputs, scan_cfg, progress=_Tick())):
         s_n, c_n, n = res.phase_deg.shape
-        r, mpe = _score(p, hkl, np.radians(res.phase_deg.reshape(-1, n).astype(np.float64)))
+        r, mpe = score_phases(p, hkl, np.radians(res.phase_deg.reshape(-1, n).astype(np.float64)))
         r, mpe = r.reshape(s_n, c_n), mpe.reshape(s_n, c_n)
         picks = pick_runs(res, r)
         row = {**p.descriptors()}
@@ -296,11 +233,11 @@ def _evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, see
             raise ValueError("method 'model+cf' needs a model and a scan config")
         rows = _model_cf_rows(prepared, hkl, model, scan_cfg, seed, cf_config, tick)
     elif method == "charge-flipping":
-        rows = _charge_flipping(prepared, seed, workers, cf_config, tick)
+        rows = cf_rows(prepared, hkl, seed, workers, cf_config, tick)
     else:
         rows = []
         for p in prepared:
-            rows.append(_simple(method, p, hkl, seed))
+            rows.append(baseline_row(method, p, hkl, seed))
             tick()
     failed = [{"id": r["id"], "reason": f"{method} failed", "detail": r["error"]} for r in rows if "error" in r]
     return [r for r in rows if "error" not in r], failed, time.perf_counter() - t0

@@ -47,6 +47,7 @@ def small_rows():
     return rows
 
 
+@pytest.mark.slow
 def test_solved_cod_structures_report_converged_and_stop_early(small_rows):
     cap = CFConfig().max_cycles
     solved = [r for r in small_rows if r["r"] >= SOLVED_R]
@@ -55,6 +56,7 @@ def test_solved_cod_structures_report_converged_and_stop_early(small_rows):
     assert np.median([r["cf_cycles_run"] for r in small_rows]) <= cap / 5  # converged starts stopped the run
 
 
+@pytest.mark.slow
 def test_r_is_not_worse_on_cod_small(small_rows):
     """Same f(r >= 0.8) except where the data leave the origin open (9008962, AgO: two inequivalent origins fit
     equally; 14 of 20 seeds solved it with the old code, 11 of 20 with this one), median r within 0.002."""

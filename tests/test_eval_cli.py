@@ -16,6 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from builder.reflections import phai_hkl
 from evaluation.cli import cli
 from training.model import seeded_model, config_dict, tiny
 
@@ -256,18 +257,19 @@ def test_cf_results_do_not_depend_on_workers(tmp_path: Path):
 
 def test_a_failing_structure_is_listed_not_fatal(tmp_path: Path, monkeypatch):
     """A structure on which the method itself fails joins the skipped list; the others are scored."""
+    import evaluation.baselines as baselines
     import evaluation.run as run_mod
 
-    real = run_mod.charge_flip
+    real = baselines.charge_flip
 
     def flaky(cell6, *args, **kwargs):
         if cell6[0] < 7.6:
             raise FloatingPointError("diverged")
         return real(cell6, *args, **kwargs)
 
-    monkeypatch.setattr(run_mod, "charge_flip", flaky)
-    prepared, skipped = run_mod.prepare_all(run_mod.open_testset(SMALL), run_mod.phai_hkl(), 1.0, limit=4)
-    rows_, failed, _ = run_mod.evaluate("charge-flipping", prepared, run_mod.phai_hkl())
+    monkeypatch.setattr(baselines, "charge_flip", flaky)
+    prepared, skipped = run_mod.prepare_all(run_mod.open_testset(SMALL), phai_hkl(), 1.0, limit=4)
+    rows_, failed, _ = run_mod.evaluate("charge-flipping", prepared, phai_hkl())
     bad = {p.id for p in prepared if p.cell6[0] < 7.6}
     assert bad and {f["id"] for f in failed} == bad and not skipped
     assert all(f["reason"] == "charge-flipping failed" and "diverged" in f["detail"] for f in failed)

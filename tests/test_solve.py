@@ -105,6 +105,7 @@ def test_charge_flipping_on_measured_data(reduced, cf, cid):
     assert score_against_model(red, meas.model, cf.phase)["r"] > 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cid", ["2242302", "2241551"])
 def test_model_methods_and_the_pick(reduced, net, cid):
     meas, red = reduced[cid]

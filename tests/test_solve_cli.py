@@ -141,6 +141,7 @@ def test_run_on_the_measured_test_set_reports_r_beside_r_calc(tmp_path: Path):
     assert rep["n"] == 15 and rep["median_r"] == 1.0 and rep["calculated"]["median_r"] == 1.0
     rows = (tmp_path / "t" / "results.csv").read_text().splitlines()
     assert rows[0].endswith("r_calc,mpe_calc,completeness") and len(rows) == 16
-    res = invoke("run", "--testset", "cod-p21c-measured", "--method", "random", "--out", tmp_path / "r", "--no-plots")
+    res = invoke("run", "--testset", "cod-p21c-measured", "--method", "random", "--limit", "5", "--out", tmp_path / "r",
+                 "--no-plots")
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert rep["f_solved"] == 0.0 and abs(rep["median_r"]) < 0.3 and abs(rep["calculated"]["median_r"]) < 0.3
+    assert rep["n"] == 5 and rep["f_solved"] == 0.0 and abs(rep["median_r"]) < 0.3 and abs(rep["calculated"]["median_r"]) < 0.3
