@@ -190,7 +190,7 @@ def _check(p1: P1Data, ops: SymOps, plan: OriginPlan, st: _State, idx: np.ndarra
         st.v_check = np.zeros((len(st.g), terms[0][..., 0].size), dtype=np.complex128)
     for a in idx:
         g = st.g[a] + st.g_prev[a] if st.g_sum is None else st.g_sum[a]
-        t, _ = plan.search(p1.grid.lookup(p1.solution(g), p1.h_p1), newton_steps=0)  # both maps at one t: no need to refine
+        t, _ = plan.search(p1.grid.lookup(p1.solution(g), p1.h_p1), newton_steps=0)  # one t for both: no refining
         now = p1.grid.lookup(g, terms[0].reshape(-1, 3))
         if k > 0:
             d = _restricted_at(now, t, p1.h_list, ops, terms) - _restricted_at(st.v_check[a], t, p1.h_list, ops, terms)

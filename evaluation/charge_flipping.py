@@ -14,9 +14,9 @@ plain phase-change test never fires. What does settle is the phase set CF return
 (even, so that the period-2 alternation drops out) each running start's map (the mean of its last two cycles;
 of all cycles since the last check when phases are continuous, `evaluation.cf_loop._check`) is shifted to its
 best origin, symmetrised and restricted; the |F|²-weighted agreement Σ w cos(φ_now − φ_before) / Σ w with the
-previous check's map at the same origin is computed. A start has converged when `stable_checks` agreements in a row reach `agree`
-(the same idea as Superflip's change of the phase set between cycles, made to work with the π/2 rule); it then
-stops, and all stop once `stop_after` starts have converged.
+previous check's map at the same origin is computed. A start has converged when `stable_checks` agreements in
+a row reach `agree` (the same idea as Superflip's change of the phase set between cycles, made to work with the
+π/2 rule); it then stops, and all stop once `stop_after` starts have converged.
 
 F000 and δ. With f000="flipped" (default) F000 is set each cycle to G000, the total charge of the flipped map
 (cctbx); with f000="zero" it stays 0 (GSAS-II). The two need different thresholds: measured on random P2₁/c

@@ -121,6 +121,17 @@ def test_p1_needs_no_origin_search():
     assert np.all(t == 0) and score == 1.0
 
 
+def test_scan_only_origin_search_scores_its_grid_point_exactly():
+    """newton_steps=0 (the convergence checks) takes the scan's value at the best grid point: S(t) itself."""
+    rng = np.random.default_rng(4)
+    for sg in ("P 1 21/c 1", "P 21 21 21", "P 1 21 1"):
+        plan = OriginPlan.build(phai_hkl(4), space_group_ops(sg))
+        f = rng.normal(size=plan.n_h) + 1j * rng.normal(size=plan.n_h)
+        t, s = plan.search(f, newton_steps=0)
+        assert s == pytest.approx(plan.score(f, t), abs=1e-9)
+        assert s <= plan.search(f)[1] + 1e-12  # refinement only climbs
+
+
 def test_origin_ambiguity_is_flagged_for_a_pseudo_symmetric_structure():
     prepared, _ = prepare_all(open_testset("cod-p21c-small"), phai_hkl(), 1.0)
     pick = {p.id: p for p in prepared}
