@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evaluation.charge_flipping import CFConfig
 from evaluation.outputs import write_solution
 from evaluation.recycle import ScanConfig
 from evaluation.reduce import reduce_measured
@@ -40,6 +41,8 @@ def bench_one(cid: str, data: bytes, model, cfg: ScanConfig) -> dict:
     results, _ = solve_reduced(red, "all", model=model, scan_cfg=cfg)
     for r in results:
         row[f"{r.method}_s"] = round(r.seconds, 4)
+        if "converged" in r.details:  # charge flipping and model+cf: where the convergence test stopped it
+            row[f"{r.method}_cycles"], row[f"{r.method}_converged"] = r.details["cycles"], r.details["converged"]
     row["cf_grid"] = results[0].details["grid"]
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,7 +67,11 @@ def main() -> None:
            "checkpoint": args.checkpoint.name if args.checkpoint else "random tiny (timing only)",
            "scan": f"cycles 1..{max(cfg.cycles)} x {len(cfg.start_names)} starts", "machine": platform.machine(),
            "median_seconds": {k: round(float(np.median([r[k] for r in rows])), 4) for k in keys},
-           "mean_seconds": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}, "structures": rows}
+           "mean_seconds": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys},
+           "cycles": {m: {"median": float(np.median([r[f"{m}_cycles"] for r in rows])),
+                          "converged": int(sum(r[f"{m}_converged"] for r in rows)),
+                          "at_cap": int(sum(r[f"{m}_cycles"] >= CFConfig().max_cycles for r in rows))}
+                      for m in ("charge-flipping", "model+cf")}, "structures": rows}
     text = json.dumps(out, indent=1, sort_keys=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")

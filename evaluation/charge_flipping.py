@@ -4,17 +4,19 @@ Oszlányi & Sütő 2004 (Acta A60, 134) with the weak-reflection "π/2" variant 
 147), solved in P1 on a numpy FFT grid (`evaluation.p1grid`), made to obey the space group by an origin search
 and symmetrisation (`evaluation.origin`), and polished by low-density elimination (Shiono & Woolfson 1992,
 Acta A48, 451). Any reflection list and any space group gemmi knows: phases come out 0/π when −x,−y,−z is an
-operation, continuous otherwise.
+operation, continuous otherwise. Without a centre of symmetry the P1 map may come out in either hand; the hand
+that obeys the group better is kept (`_hand`: in the enantiomorphic groups, P3₁/P3₂ and the like, only one does).
 
 Convergence. R_CF and the map statistics need not move at the CF phase transition with the π/2 rule (COD
 1000003: R_CF ≈ 0.65 from cycle 2 on, solved), and the P1 phases never settle: under the π/2 rule the strong
 reflections' phases alternate with period 2 and keep changing by ~60° a cycle even after convergence, so a
 plain phase-change test never fires. What does settle is the phase set CF returns. Every `check_every` cycles
-(even, so that the period-2 alternation drops out) each running start is shifted to its best origin, symmetrised
-and restricted; the |F|²-weighted agreement Σ w cos(φ_now − φ_before) / Σ w with the previous check's map at the
-same origin is computed. A start has converged when `stable_checks` agreements in a row reach `agree`
-(the same idea as Superflip's change of the phase set between cycles, made to work with the π/2 rule); it then
-stops, and all stop once `stop_after` starts have converged.
+(even, so that the period-2 alternation drops out) each running start's map (the mean of its last two cycles;
+of all cycles since the last check when phases are continuous, `evaluation.cf_loop._check`) is shifted to its
+best origin, symmetrised and restricted; the |F|²-weighted agreement Σ w cos(φ_now − φ_before) / Σ w with the
+previous check's map at the same origin is computed. A start has converged when `stable_checks` agreements in
+a row reach `agree` (the same idea as Superflip's change of the phase set between cycles, made to work with the
+π/2 rule); it then stops, and all stop once `stop_after` starts have converged.
 
 F000 and δ. With f000="flipped" (default) F000 is set each cycle to G000, the total charge of the flipped map
 (cctbx); with f000="zero" it stays 0 (GSAS-II). The two need different thresholds: measured on random P2₁/c
@@ -44,6 +46,7 @@ __all__ = ["CFConfig", "CFResult", "charge_flip", "ORIGIN_AMBIGUOUS"]
 # pseudo-translation (½, 0, ½); both origins fit the data equally, by S, R_CF and map skewness) and >= 0.034 for
 # all others.
 ORIGIN_AMBIGUOUS = 0.01
+_HAND_MARGIN = 1e-3  # the inverted P1 map must obey the group better than this to be taken (ties keep the map)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +185,7 @@ def _finish(p1: P1Data, ops: SymOps, plan: OriginPlan, run: FlipRun, h: np.ndarr
     """Steps 3–5: choose a start, shift it to the group's origin, symmetrise and polish."""
     cand = np.flatnonzero(run.converged) if run.converged.any() else np.arange(len(run.r_cf))
     best = int(cand[np.argmin(run.r_cf[cand])])
-    g_best = run.g[best]
-    peaks = plan.peaks(p1.grid.lookup(p1.solution(g_best), p1.h_p1), 2)
+    g_best, peaks = _hand(p1, ops, plan, run.g[best])
     (t, score), margin = peaks[0], (peaks[0][1] - peaks[1][1] if len(peaks) > 1 else float("nan"))
     def lookup_t(q: np.ndarray) -> np.ndarray:
         return p1.grid.lookup_shifted(g_best, q, t)
@@ -203,6 +205,19 @@ def _finish(p1: P1Data, ops: SymOps, plan: OriginPlan, run: FlipRun, h: np.ndarr
         delta=float(run.delta[best]), grid=tuple(p1.grid.n), r_cf_history=run.r_cf_history,
         skew_history=run.skew_history, agreement_history=run.agreement_history,
     )
+
+
+def _hand(p1: P1Data, ops: SymOps, plan: OriginPlan, g: np.ndarray) -> tuple[np.ndarray, list]:
+    """The P1 map or its inverse ρ(−x) (G -> conj G), whichever obeys the group better, and its origin peaks.
+
+    A P1 solution comes out in either hand. In most non-centrosymmetric groups both hands obey the group (at
+    different origins) and score the same; in the enantiomorphic ones (P3₁/P3₂, P4₁/P4₃, ...) the inverted
+    structure belongs to the other group, so only one hand fits."""
+    peaks = plan.peaks(p1.grid.lookup(p1.solution(g), p1.h_p1), 2)
+    if ops.centrosymmetric:
+        return g, peaks
+    inv = plan.peaks(p1.grid.lookup(p1.solution(np.conj(g)), p1.h_p1), 2)
+    return (np.conj(g), inv) if inv[0][1] > peaks[0][1] + _HAND_MARGIN else (g, peaks)
 
 
 def _polish(p1: P1Data, ops: SymOps, h: np.ndarray, lookup_t, g000: float, delta: float,

@@ -28,7 +28,7 @@ import numpy as np
 from builder.sf import sf_plan
 from builder.symmetry import space_group_ops
 from evaluation.cif import STANDARD_SETTING, Unusable, parse_structure, reflections
-from evaluation.prepared import Prepared
+from evaluation.prepared import Prepared, prepare_each
 from evaluation.reduce import reduce_measured
 from evaluation.reflections_io import read_input
 from evaluation.solve import network_view
@@ -82,7 +82,7 @@ def build_measured_testset(cif_dir: str | Path, out_dir: str | Path) -> dict[str
     return manifest
 
 
-def _prepare_one(sid: str, data: bytes, hkl: np.ndarray, d_min: float, plan: Any) -> dict[str, Any]:
+def _prepare_one(sid: str, data: bytes, hkl: np.ndarray, d_min: float, plan: Any) -> Prepared:
     ing = parse_structure(data, sid)
     red = reduce_measured(read_input(f"{sid}.cif", data=data), transform=ing.transform)
     if not np.allclose(red.frame.cell6, ing.cell6, rtol=5e-3, atol=0.1):  # res CELL vs CIF cell: rounding
@@ -92,32 +92,16 @@ def _prepare_one(sid: str, data: bytes, hkl: np.ndarray, d_min: float, plan: Any
     observed = obs_meas & obs_calc
     if float(np.sum(amp_meas[observed] ** 2)) <= 0:
         raise Unusable("no observed reflections", f"no measured power at d_min = {d_min} A")
-    return {"ing": ing, "amp": amp_meas, "amp_calc": amp_calc.astype(np.float64), "phase": phase,
-            "observed": observed, "completeness": float(observed.sum() / max(1, obs_calc.sum()))}
+    return Prepared.of(ing, amp_meas, phase, observed, amp_calc=amp_calc.astype(np.float64),
+                       completeness=float(observed.sum() / max(1, obs_calc.sum())))
 
 
 def prepare_measured(inputs: Any, hkl: np.ndarray, d_min: float,
-                     limit: int | None = None) -> tuple[list[Any], list[dict[str, str]]]:
+                     limit: int | None = None) -> tuple[list[Prepared], list[dict[str, str]]]:
     """Like `evaluation.run.prepare_all`, for a measured test set (module docstring)."""
     plan = sf_plan(space_group_ops(STANDARD_SETTING), hkl)
-    good, skipped = [], []
-    for sid, data in inputs.items[:limit]:
-        try:
-            if isinstance(data, Unusable):
-                raise data
-            x = _prepare_one(sid, data, hkl, d_min, plan)
-        except Unusable as exc:
-            skipped.append({"id": sid, "reason": exc.reason, "detail": exc.detail})
-            continue
-        except ValueError as exc:
-            skipped.append({"id": sid, "reason": "measured data unusable", "detail": " ".join(str(exc).split())})
-            continue
-        ing = x["ing"]
-        good.append(Prepared(id=sid, cell6=ing.cell6, volume=ing.volume, compound_class=ing.compound_class,
-                             n_special=ing.n_special, n_atoms=ing.n_atoms, amp=x["amp"],
-                             phase=x["phase"].astype(np.float64), observed=x["observed"],
-                             amp_calc=x["amp_calc"], completeness=x["completeness"]))
-    return good, skipped
+    return prepare_each(inputs.items, lambda sid, data: _prepare_one(sid, data, hkl, d_min, plan),
+                        "measured data unusable", limit)
 
 
 def calculated_twins(prepared: list[Any]) -> list[Any]:

@@ -14,15 +14,38 @@ often as it occurs in the list (phai-facts.md, "Inference and the success metric
 The mean phase error (MPE) at the best shift is Σ |F|·|Δφ| / Σ |F|, with Δφ wrapped to [0°, 180°].
 Each reflection in the list counts once, exactly as listed (the PhAI set holds the hk0 zone twice under 2/m;
 the metric follows the list, as the network's own scoring does).
+
+Any space group (`phase_r_any_group`, for phases from charge flipping in other groups): the same r, maximised
+over every transformation that leaves |F| and the group's phase relations unchanged, i.e. that turns one valid
+solution into another. The prediction is compared after x -> s·x + t (φ -> s·φ + 2π h·t) with
+  * t a permissible origin shift: (I − R) t is a lattice (or centring) translation for every operation (R, τ).
+    That is {0, ½}³ in P2₁/c; in a polar group a whole line or plane (P2₁: any t_y), where r is maximised
+    continuously; in P1 every t;
+  * s = −1 (the other hand, the enantiomorph) when the inverted structure obeys the group again after a
+    shift: (I − R) t − 2τ a lattice translation for every operation. |F| alone (Friedel's law, no anomalous
+    signal) cannot tell the two hands apart, so a charge-flipping solution in P2₁ or P2₁2₁2₁ is right when it
+    matches the model or its mirror image. In the 11 pairs of enantiomorphic groups (P3₁/P3₂, P4₁/P4₃, …) the
+    inverted structure belongs to the other group of the pair, so it is not credited: such a solution is wrong
+    for the group the data were phased in.
+Maximising over more transformations raises r for unrelated phases: the more freedom (a polar axis, two hands),
+the higher the r of random phases, so the random-phase level of each group is quoted beside results.
+Not included: the normalizer's other elements (axis permutations, e.g. the indexing choice of P4 or P3),
+which relabel reflections rather than shift phases.
 """
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import numpy as np
 
 from builder.symmetry import P21C_ORIGIN_SHIFTS as ORIGIN_SHIFTS  # s ∈ {0,1}³, t = s / 2 (np.ndindex order)
-from builder.symmetry import SOLVED_R, origin_shift_parity
+from builder.symmetry import SOLVED_R, SymOps, origin_shift_parity, space_group_ops
 
-__all__ = ["SOLVED_R", "ORIGIN_SHIFTS", "phase_r", "phase_r_batch", "phase_r_all_shifts", "summarise"]
+__all__ = ["SOLVED_R", "ORIGIN_SHIFTS", "phase_r", "phase_r_batch", "phase_r_all_shifts", "summarise",
+           "GroupR", "phase_r_any_group", "permissible_origins", "free_origin_directions"]
+
+_GRID_BASE = 24  # t grid points per axis: every discrete permissible shift (½, ⅓, ¼, ⅙ and combinations) is on it
 
 
 def _check_hkl(hkl: np.ndarray) -> np.ndarray:
@@ -171,3 +194,134 @@ def summarise(r_values: np.ndarray) -> dict:
     if len(r) == 0:
         return {"n": 0, "f_solved": float("nan"), "median_r": float("nan")}
     return {"n": int(len(r)), "f_solved": float(np.mean(r >= SOLVED_R)), "median_r": float(np.median(r))}
+
+
+# ----------------------------------------------------------------------------- any space group
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupR:
+    """`phase_r_any_group`'s answer: r and MPE at the best transformation x -> s·x + t of the prediction."""
+
+    r: float
+    mpe: float  # degrees, |F|-weighted
+    shift: np.ndarray  # (3,) t, fractional
+    inverted: bool  # s = −1: the prediction matches the other hand (enantiomorph) of the truth
+    n_free: int  # continuous origin directions of the group (1 for P2₁, 3 for P1)
+    hands: int  # 2 when the inverted structure obeys the group (it was tried), 1 in enantiomorphic groups
+
+
+@functools.lru_cache(maxsize=64)
+def free_origin_directions(space_group: str) -> np.ndarray:
+    """(3, k) orthonormal basis of the shifts t with (I − R) t = 0 for every operation: the polar directions
+    along which the origin is free (k = 0 with a centre of symmetry or two non-parallel axes, 3 in P1)."""
+    ops = space_group_ops(space_group)
+    a = np.concatenate([np.eye(3) - r for r in ops.rot])
+    _, sv, vt = np.linalg.svd(a)
+    out = vt[int(np.sum(sv > 1e-9)):].T.copy()
+    out.setflags(write=False)
+    return out
+
+
+def _is_lattice(v: np.ndarray, cent: np.ndarray) -> np.ndarray:
+    """(P,) whether each row of v (P, 3) is a lattice translation plus one of the centring vectors cent (C, 3)."""
+    d = v[:, None, :] - cent[None, :, :]
+    return np.any(np.all(np.abs(d - np.round(d)) < 1e-6, axis=2), axis=1)
+
+
+def permissible_origins(ops: SymOps, n: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Grid points u (t = u / n) that map a structure of the group to another one of the group.
+
+    Returns:
+        (same hand (P, 3), other hand (Q, 3)) int64: x -> x + t with (I − R) t ∈ L for every operation (R, τ),
+        and x -> −x + t with (I − R) t − 2τ ∈ L (L: lattice and centring translations). Q = 0 in the
+        enantiomorphic groups.
+    """
+    u = np.stack(np.meshgrid(*[np.arange(k) for k in n], indexing="ij"), axis=-1).reshape(-1, 3)
+    t = u / np.asarray(n, dtype=np.float64)
+    cent = ops.tran[np.all(np.isclose(ops.rot, np.eye(3)), axis=(1, 2))]
+    out = []
+    for hand in (1, -1):
+        ok = np.ones(len(u), dtype=bool)
+        for rot, tau in zip(ops.rot, ops.tran):
+            ok &= _is_lattice(t @ (np.eye(3) - rot).T - (1 - hand) * tau, cent)
+        out.append(u[ok])
+    return out[0], out[1]
+
+
+def _refine_free(c: np.ndarray, h: np.ndarray, t: np.ndarray, free: np.ndarray, step: float,
+                 iters: int = 8) -> tuple[np.ndarray, float]:
+    """Newton steps on Re Σ c exp(2πi h·t) along the free directions only (t stays permissible)."""
+    q = h.astype(np.float64) @ free  # (H, k)
+
+    def value(tt: np.ndarray) -> np.ndarray:
+        return c * np.exp(2j * np.pi * (h @ tt))
+
+    cur = float(np.real(value(t).sum()))
+    for _ in range(iters):
+        e = value(t)
+        grad = -2.0 * np.pi * (q * e.imag[:, None]).sum(axis=0)
+        hess = -4.0 * np.pi**2 * np.einsum("m,mi,mj->ij", e.real, q, q)
+        dy = np.clip(-np.linalg.lstsq(hess, grad, rcond=1e-9)[0], -step, step)
+        new = t + free @ dy
+        val = float(np.real(value(new).sum()))
+        if not np.all(np.isfinite(dy)) or val <= cur:
+            break
+        t, cur = new, val
+    return t, cur
+
+
+def _best_shift(c: np.ndarray, h: np.ndarray, pts: np.ndarray, n: tuple[int, int, int],
+                free: np.ndarray) -> tuple[np.ndarray, float]:
+    """(t, Σ w cos) at the best permissible point of the exact t grid (an FFT), refined along free directions."""
+    acc = np.zeros(n, dtype=np.complex128)
+    np.add.at(acc, tuple((h % np.asarray(n)).T), c)
+    vals = np.real(np.fft.ifftn(acc)) * acc.size  # Σ c exp(2πi h·u/n) at every grid point u, exactly
+    v = vals[tuple(pts.T)]
+    top = pts[np.argsort(-v, kind="stable")[: 3 if free.shape[1] else 1]]
+    best_t, best = top[0] / np.asarray(n), float(v.max())
+    for u in top if free.shape[1] else ():
+        t, val = _refine_free(c, h, u / np.asarray(n), free, 0.5 / max(n))
+        if val > best:
+            best_t, best = t, val
+    return best_t, best
+
+
+def phase_r_any_group(amp: np.ndarray, phase_pred: np.ndarray, phase_true: np.ndarray, hkl: np.ndarray,
+                      space_group: str, observed_mask: np.ndarray | None = None) -> GroupR:
+    """r of one structure in any space group, free of origin and hand (module docstring).
+
+    Args:
+        amp: (H,) |F|; phase_pred, phase_true: (H,) radians; hkl: (H, 3) without (0, 0, 0), unique reflections
+            in the setting of `space_group` (any symbol gemmi knows); observed_mask: (H,) bool (default all).
+
+    Returns:
+        GroupR; in P2₁/c r equals `phase_r` (the 8 shifts {0, ½}³, the other hand adds nothing to 0/π phases).
+
+    Raises:
+        ValueError: on bad shapes, non-finite observed values, or no observed power.
+    """
+    mask = np.ones(len(np.asarray(hkl)), dtype=bool) if observed_mask is None else observed_mask
+    h, a, d, den = _prepare(*(np.asarray(x)[None] for x in (amp, phase_pred, phase_true)), hkl,
+                            np.asarray(mask)[None])
+    sel = np.flatnonzero(np.asarray(mask, dtype=bool))
+    h, a = h[sel], a[0, sel]
+    pred, true = np.asarray(phase_pred, dtype=np.float64)[sel], np.asarray(phase_true, dtype=np.float64)[sel]
+    ops = space_group_ops(space_group)
+    free = free_origin_directions(space_group)
+    on_free = np.any(np.abs(free) > 1e-9, axis=1)
+    hmax = np.abs(h).max(axis=0)
+    n = tuple(int(_GRID_BASE * max(1, -(-(2 * int(m) + 2) // _GRID_BASE))) if f else _GRID_BASE
+              for m, f in zip(hmax, on_free))  # along a free axis: >= 2 points per period of the highest h
+    best, allowed = None, permissible_origins(ops, n)
+    for hand, pts in zip((1, -1), allowed):
+        if len(pts):
+            t, val = _best_shift(a * a * np.exp(1j * (hand * pred - true)), h, pts, n, free)
+            if best is None or val > best[2] + 1e-12:
+                best = (hand, t, val)
+    hand, t, val = best
+    dt = np.abs(np.angle(np.exp(1j * (hand * pred + 2 * np.pi * (h @ t) - true))))
+    t = np.mod(t, 1.0)
+    t[t > 1.0 - 1e-6] -= 1.0  # just below 1 is the origin: report it as (almost) 0
+    return GroupR(r=float(val / den[0]), mpe=float(np.degrees((a * dt).sum() / a.sum())), shift=t,
+                  inverted=hand < 0, n_free=int(free.shape[1]), hands=1 + int(len(allowed[1]) > 0))

@@ -15,12 +15,12 @@ import numpy as np
 
 from builder.symmetry import SymOps
 
-__all__ = ["OriginPlan", "origin_search", "symmetrise", "restrict"]
+__all__ = ["OriginPlan", "origin_search", "sym_terms", "symmetrise", "restrict"]
 
 _TWO_PI = 2.0 * np.pi
 
 
-def _sym_terms(hkl: np.ndarray, ops: SymOps) -> tuple[np.ndarray, np.ndarray]:
+def sym_terms(hkl: np.ndarray, ops: SymOps) -> tuple[np.ndarray, np.ndarray]:
     """h·R_g (n_ops, H, 3) and exp(2πi h·τ_g) (n_ops, H) for the relation F(h) = F(h R_g) exp(2πi h·τ_g)."""
     rot = np.rint(ops.rot).astype(np.int64)
     h = np.asarray(hkl, dtype=np.int64)
@@ -29,7 +29,8 @@ def _sym_terms(hkl: np.ndarray, ops: SymOps) -> tuple[np.ndarray, np.ndarray]:
     return hr, ph
 
 
-def symmetrise(grid_lookup: Callable[[np.ndarray], np.ndarray], hkl: np.ndarray, ops: SymOps) -> np.ndarray:
+def symmetrise(grid_lookup: Callable[[np.ndarray], np.ndarray], hkl: np.ndarray, ops: SymOps,
+               terms: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Space-group average F_sym(h) = (1/n) Σ_g F(h R_g) exp(2πi h·τ_g).
 
     A structure obeying x -> R x + τ has F(h R) = F(h) exp(−2πi h·τ) (F(h) = Σ f exp(2πi h·x)); averaging over
@@ -39,11 +40,12 @@ def symmetrise(grid_lookup: Callable[[np.ndarray], np.ndarray], hkl: np.ndarray,
         grid_lookup: callable mapping an (M, 3) int array of indices to (..., M) complex F values.
         hkl: (H, 3) int indices at which to evaluate the average.
         ops: space-group operations.
+        terms: `sym_terms(hkl, ops)`, when the same list is symmetrised many times.
 
     Returns:
         (..., H) complex symmetrised structure factors.
     """
-    hr, ph = _sym_terms(hkl, ops)
+    hr, ph = sym_terms(hkl, ops) if terms is None else terms
     n_ops, n_h = ph.shape
     vals = grid_lookup(hr.reshape(-1, 3))
     vals = vals.reshape(vals.shape[:-1] + (n_ops, n_h))
@@ -148,7 +150,7 @@ class OriginPlan:
         out = []
         for p in _local_maxima(s, k):
             t = np.array(np.unravel_index(p, s.shape), dtype=np.float64) / np.array(self.scan) / self.period
-            t, cur = self._newton(c, t, newton_steps)
+            t, cur = self._newton(c, t, newton_steps) if newton_steps else (t, float(s.reshape(-1)[p]))
             out.append((t % 1.0, cur / den))
         return sorted(out, key=lambda x: -x[1])
 

@@ -8,13 +8,12 @@
   * NAME_map.png    the map projected along the shortest cell axis, peaks marked (Acta A 2026 Fig. 7 style);
   * solve.json      inputs with sha256, every reduction figure, per method FOM, cycles and time, the pick.
 
-Everything is written to a staging folder beside --out and renamed into place at the end.
+Everything is written to a staging folder beside --out and renamed into place at the end (`evaluation.staging`).
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,11 @@ import gemmi
 import numpy as np
 
 from evaluation.maps import find_peaks, phased_map
+from evaluation.plots import plot_map
 from evaluation.reduce import Reduced
+from manifests.schema import dumps
 
-__all__ = ["write_fcf", "write_ccp4", "write_res", "write_peaks_csv", "plot_map", "write_solution",
+__all__ = ["write_fcf", "write_ccp4", "write_res", "write_peaks_csv", "solution_map", "write_solution",
            "shelx_symmetry", "SOLVE_VERSION"]
 
 SOLVE_VERSION = 1
@@ -128,52 +129,6 @@ def write_peaks_csv(path: Path, peaks: list[dict]) -> None:
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
-def _plane(orth: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Orthonormal 2-D basis of the plane perpendicular to cell axis k."""
-    n = orth[:, k] / np.linalg.norm(orth[:, k])
-    i = [a for a in range(3) if a != k][0]
-    e1 = orth[:, i] - (orth[:, i] @ n) * n
-    e1 /= np.linalg.norm(e1)
-    return e1, np.cross(n, e1)
-
-
-def plot_map(path: Path, grid: gemmi.FloatGrid, peaks: list[dict], title: str) -> None:
-    """The map summed along the shortest axis, drawn in Cartesian Å with the peaks (all symmetry images)."""
-    from evaluation.plots import _save, plt
-    from builder.symmetry import images, space_group_ops, wrap
-
-    cell = grid.unit_cell
-    orth = np.array(cell.orth.mat.tolist())
-    k = int(np.argmin([cell.a, cell.b, cell.c]))
-    i, j = [a for a in range(3) if a != k]
-    rho = np.asarray(grid.array, dtype=np.float64).sum(axis=k)  # (n_i, n_j)
-    e1, e2 = _plane(orth, k)
-    u, v = np.meshgrid(np.linspace(0, 1, rho.shape[0] + 1), np.linspace(0, 1, rho.shape[1] + 1), indexing="ij")
-    xyz = u[..., None] * orth[:, i] + v[..., None] * orth[:, j]
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.pcolormesh(xyz @ e1, xyz @ e2, rho, cmap="Greys", shading="flat")
-    peaks = [p for p in peaks if p["sigma"] >= 3.0]  # the picture shows the clear ones; the .res lists all
-    if peaks:
-        ops = space_group_ops(grid.spacegroup.xhm())
-        img = wrap(images(ops.rot, ops.tran, np.array([[p["x"], p["y"], p["z"]] for p in peaks])))  # (P, G, 3)
-        cart = img @ orth.T
-        ax.scatter(cart.reshape(-1, 3) @ e1, cart.reshape(-1, 3) @ e2, s=14, facecolors="none",
-                   edgecolors="tab:red", linewidths=0.8)
-        for n, c in enumerate(cart[:, 0], start=1):
-            ax.annotate(f"Q{n}", (c @ e1, c @ e2), fontsize=6, color="tab:red", xytext=(2, 2),
-                        textcoords="offset points")
-    names = "abc"
-    ax.set_aspect("equal")
-    ax.set_xlabel(f"Å (projection along {names[k]}; {names[i]} to the right)")
-    ax.set_ylabel("Å")
-    ax.set_title(title, fontsize=9)
-    _save(fig, path)
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-
-
 def write_solution(tmp: Path, red: Reduced, phase: np.ndarray, summary: dict[str, Any], *, method: str,
                    n_peaks: int, wavelength: float | None, sfac: tuple, unit: tuple) -> dict[str, Any]:
     """Write every output file of the picked phases into the staging folder `tmp`; returns solve.json."""
@@ -192,18 +147,5 @@ def write_solution(tmp: Path, red: Reduced, phase: np.ndarray, summary: dict[str
                           "res": {"file": f"{name}.res", "q_peaks": len(peaks), "notes": notes},
                           "peaks": f"{name}.peaks.csv", "picture": f"{name}_map.png"}
     summary["version"] = SOLVE_VERSION
-    (tmp / "solve.json").write_text(_json(summary), encoding="utf-8")
+    (tmp / "solve.json").write_text(dumps(summary, allow_nan=False), encoding="utf-8")
     return summary
-
-
-def stage(out: Path) -> Path:
-    """A fresh staging folder beside `out`."""
-    from evaluation.report import _stage
-
-    return _stage(Path(out).absolute())
-
-
-def publish(tmp: Path, out: Path) -> None:
-    from evaluation.report import _publish
-
-    _publish(tmp, Path(out).absolute())

@@ -3,7 +3,8 @@
 * r vs cell volume coloured by compound class (Acta A 2026 Fig. 5 style),
 * r vs cell volume coloured by number of occupied special positions (Fig. 6 style),
 * histogram of r,
-* for `compare`: the fraction of structures with r ≥ x, one curve per run.
+* for `compare`: the fraction of structures with r ≥ x, one curve per run,
+* for `solve`: the phased map projected along the shortest axis with its peaks (Acta A 2026 Fig. 7 style).
 """
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import gemmi
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from builder.symmetry import images, space_group_ops, wrap  # noqa: E402
 from evaluation.metrics import SOLVED_R  # noqa: E402
 
-__all__ = ["plot_r_vs_volume", "plot_r_hist", "plot_run", "plot_compare"]
+__all__ = ["plot_r_vs_volume", "plot_r_hist", "plot_run", "plot_compare", "plot_map"]
 
 CLASS_COLOURS = {"organic": "#1f77b4", "s-block": "#2ca02c", "d-block": "#d62728", "other": "#7f7f7f"}
 _META = {"Software": None}  # no version string either: the PNG depends only on the data
@@ -103,4 +107,47 @@ def plot_compare(curves: Sequence[tuple[str, Sequence[float]]], path: str | os.P
     ax.set_ylabel("fraction of structures with r ≥ x")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8, loc="lower left")
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- solve: the phased map
+
+
+def _plane(orth: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal 2-D basis of the plane perpendicular to cell axis k."""
+    n = orth[:, k] / np.linalg.norm(orth[:, k])
+    i = [a for a in range(3) if a != k][0]
+    e1 = orth[:, i] - (orth[:, i] @ n) * n
+    e1 /= np.linalg.norm(e1)
+    return e1, np.cross(n, e1)
+
+
+def plot_map(path: str | os.PathLike, grid: gemmi.FloatGrid, peaks: list[dict], title: str) -> None:
+    """The map summed along the shortest axis, drawn in Cartesian Å with the peaks of height ≥ 3 rms and all
+    their symmetry images (`evaluation.maps.find_peaks` output; the .res lists every peak)."""
+    cell = grid.unit_cell
+    orth = np.array(cell.orth.mat.tolist())
+    k = int(np.argmin([cell.a, cell.b, cell.c]))
+    i, j = [a for a in range(3) if a != k]
+    rho = np.asarray(grid.array, dtype=np.float64).sum(axis=k)  # (n_i, n_j)
+    e1, e2 = _plane(orth, k)
+    u, v = np.meshgrid(np.linspace(0, 1, rho.shape[0] + 1), np.linspace(0, 1, rho.shape[1] + 1), indexing="ij")
+    xyz = u[..., None] * orth[:, i] + v[..., None] * orth[:, j]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.pcolormesh(xyz @ e1, xyz @ e2, rho, cmap="Greys", shading="flat")
+    peaks = [p for p in peaks if p["sigma"] >= 3.0]  # the picture shows the clear ones; the .res lists all
+    if peaks:
+        ops = space_group_ops(grid.spacegroup.xhm())
+        img = wrap(images(ops.rot, ops.tran, np.array([[p["x"], p["y"], p["z"]] for p in peaks])))  # (P, G, 3)
+        cart = img @ orth.T
+        ax.scatter(cart.reshape(-1, 3) @ e1, cart.reshape(-1, 3) @ e2, s=14, facecolors="none",
+                   edgecolors="tab:red", linewidths=0.8)
+        for n, c in enumerate(cart[:, 0], start=1):
+            ax.annotate(f"Q{n}", (c @ e1, c @ e2), fontsize=6, color="tab:red", xytext=(2, 2),
+                        textcoords="offset points")
+    names = "abc"
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"Å (projection along {names[k]}; {names[i]} to the right)")
+    ax.set_ylabel("Å")
+    ax.set_title(title, fontsize=9)
     _save(fig, path)

@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,7 +21,10 @@ from typing import Any
 import numpy as np
 
 from evaluation.charge_flipping import ORIGIN_AMBIGUOUS
+from evaluation.cif import DEFAULT_UISO
 from evaluation.metrics import SOLVED_R, summarise
+from evaluation.staging import publish, stage
+from manifests.schema import dumps
 
 __all__ = ["REPORT_VERSION", "VOLUME_BINS", "block", "build_report", "write_run", "last_line", "load_report",
            "read_results", "compare_reports", "write_compare"]
@@ -30,7 +32,7 @@ __all__ = ["REPORT_VERSION", "VOLUME_BINS", "block", "build_report", "write_run"
 REPORT_VERSION = 1
 VOLUME_BINS = (0.0, 400.0, 600.0, 800.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0, math.inf)  # Å³
 CLASS_ORDER = ("organic", "s-block", "d-block", "other")
-_COMMON = ["id", "volume", "class", "n_special", "n_atoms", "r", "mpe"]
+_COMMON = ["id", "volume", "class", "n_special", "n_atoms", "n_u_fallback", "r", "mpe"]
 COLUMNS = {
     "model": _COMMON + ["best_cycles", "best_start", "fom_cycles", "fom_start", "fom_value", "fom_r", "fom_mpe",
                         "confidence_r", "consistency_r"],
@@ -104,6 +106,7 @@ def build_report(method: str, rows: Sequence[Mapping[str, Any]], skipped: Sequen
         "skipped": [dict(s) for s in skipped],
         **{k: main[k] for k in ("n_solved", "f_solved", "median_r", "by_class", "by_special", "by_volume")},
         "median_mpe": _f(np.median([row["mpe"] for row in rows])) if rows else None,
+        "u_fallback": _u_fallback(rows),
     }
     if method == "model":
         rep["selection"] = "best run by r over all (start, cycles) (paper protocol; uses the true phases)"
@@ -120,6 +123,13 @@ def build_report(method: str, rows: Sequence[Mapping[str, Any]], skipped: Sequen
     if rows and rows[0].get("r_calc") is not None:
         rep["calculated"] = _measured_block(rows)
     return rep
+
+
+def _u_fallback(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sites whose CIF gave no usable U (absent, zero, negative: evaluation.cif.DEFAULT_UISO used instead)."""
+    hit = [row for row in rows if row.get("n_u_fallback", 0) > 0]
+    return {"structures": len(hit), "sites": int(sum(row["n_u_fallback"] for row in hit)),
+            "ids": [row["id"] for row in hit], "u_iso": DEFAULT_UISO}
 
 
 def _convergence(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,7 +208,11 @@ def report_md(rep: Mapping[str, Any]) -> str:
     if ck:
         lines.append(f"- checkpoint: `{ck['name']}` ({ck['format']}, sha256 `{ck['sha256'][:16]}…`)")
     lines.append("- settings: " + ", ".join(f"{k} = {v}" for k, v in sorted(rep["settings"].items())))
+    u = rep["u_fallback"]
     lines += [f"- structures: {rep['n']} evaluated, {rep['n_skipped']} skipped of {rep['n_inputs']}",
+              f"- displacement parameters: {u['sites']} sites in {u['structures']} structures had no usable U "
+              f"(absent, zero or negative) and were given U = {u['u_iso']} Å²"
+              + (f" ({', '.join(u['ids'][:10])}{', …' if len(u['ids']) > 10 else ''})" if u["ids"] else ""),
               f"- selection: {rep.get('selection', 'one phase set per structure')}", "",
               "## Headline", ""]
     head = [("r", rep)]
@@ -249,27 +263,6 @@ def last_line(rep: Mapping[str, Any]) -> str:
     return f"f(r>=0.8) = {fs} ({rep.get('n_solved', 0)}/{rep['n']})  median r = {ms}"
 
 
-def _stage(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the staged files into `out` (each an atomic rename), then remove the staging folder."""
-    out.mkdir(parents=True, exist_ok=True)
-    for f in sorted(tmp.iterdir()):
-        os.replace(f, out / f.name)
-    tmp.rmdir()
-
-
-def _json_text(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-
-
 def write_run(out: str | os.PathLike, rep: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
               timing: Mapping[str, Any] | None = None, plots: bool = True) -> Path:
     """Write report.json, results.csv, report.md, the PNG plots (and timing.json) into `out`.
@@ -277,19 +270,17 @@ def write_run(out: str | os.PathLike, rep: Mapping[str, Any], rows: Sequence[Map
     Everything is staged in a sibling folder first and then renamed into place, so a failure leaves any
     earlier report in `out` as it was.
     """
-    out = Path(out).absolute()
-    tmp = _stage(out)
-    (tmp / "report.json").write_text(_json_text(rep), encoding="utf-8")
+    tmp = stage(out)
+    (tmp / "report.json").write_text(dumps(rep, allow_nan=False), encoding="utf-8")
     (tmp / "results.csv").write_text(results_csv(rep["method"], rows), encoding="utf-8")
     (tmp / "report.md").write_text(report_md(rep), encoding="utf-8")
     if timing is not None:
-        (tmp / "timing.json").write_text(_json_text(dict(timing)), encoding="utf-8")
+        (tmp / "timing.json").write_text(dumps(dict(timing), allow_nan=False), encoding="utf-8")
     if plots:
         from evaluation.plots import plot_run
 
         plot_run(rows, tmp, title=f"{rep['method']} on {rep['inputs']['name']}")
-    _publish(tmp, out)
-    return out
+    return publish(tmp, out)
 
 
 # ----------------------------------------------------------------------------- compare
@@ -375,9 +366,8 @@ def compare_md(cmp: Mapping[str, Any]) -> str:
 def write_compare(out: str | os.PathLike, report_dirs: Sequence[str | os.PathLike], plots: bool = True) -> dict:
     """Write compare.json, compare.md and compare_r.png into `out`; returns the comparison dict."""
     cmp = compare_reports(report_dirs)
-    out = Path(out).absolute()
-    tmp = _stage(out)
-    (tmp / "compare.json").write_text(_json_text(cmp), encoding="utf-8")
+    tmp = stage(out)
+    (tmp / "compare.json").write_text(dumps(cmp, allow_nan=False), encoding="utf-8")
     (tmp / "compare.md").write_text(compare_md(cmp), encoding="utf-8")
     if plots:
         from evaluation.plots import plot_compare
@@ -387,5 +377,5 @@ def write_compare(out: str | os.PathLike, report_dirs: Sequence[str | os.PathLik
             r = [float(row["r"]) for row in read_results(d) if row.get("r")]
             curves.append((run["label"], r))
         plot_compare(curves, tmp / "compare_r.png")
-    _publish(tmp, out)
+    publish(tmp, out)
     return cmp

@@ -10,12 +10,10 @@ structure's result does not depend on the batch, the worker count, the input ord
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import lzma
-import multiprocessing
 import os
 import tarfile
 import time
@@ -25,25 +23,23 @@ from typing import Any
 
 import numpy as np
 
-from builder.reflections import hkl_hash, phai_hkl
+from builder.reflections import hkl_hash
 from builder.sf import sf_plan
 from builder.symmetry import space_group_ops
-from evaluation.baselines import random_signs, true_phases
-from evaluation.charge_flipping import CFConfig, charge_flip
+from evaluation.baselines import baseline_row, cf_row, cf_rows, score_phases
+from evaluation.charge_flipping import CFConfig
 from evaluation.cif import STANDARD_SETTING, Unusable, parse_structure, reflections
 from evaluation.measured import calculated_twins, prepare_measured
-from evaluation.metrics import phase_r_batch
-from evaluation.prepared import Prepared
+from evaluation.prepared import Prepared, prepare_each
 from evaluation.recycle import ScanInput, pick_runs, scan
-from evaluation.testset import SELECTIONS, iter_testset_cifs, load_testset, selection_reason, shipped_testset
-from manifests.seeds import seeded_rng, stable_id
+from evaluation.testset import (SELECTIONS, id_key, iter_testset_cifs, load_testset, selection_reason,
+                                shipped_testset)
 
 __all__ = ["METHODS", "Inputs", "Prepared", "open_testset", "open_cif_dir", "prepare_all", "evaluate",
            "reflection_meta"]
 
 METHODS = ("model", "charge-flipping", "random", "true", "model+cf")
 MODEL_METHODS = ("model", "model+cf")  # the methods that run the network (need --checkpoint)
-_RANDOM_KEY, _CF_KEY = 3, 2  # spawn_key purposes (1 = random starts of the scan, evaluation.recycle)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +48,6 @@ class Inputs:
 
     items: list[tuple[str, bytes | Unusable]]
     meta: dict[str, Any]  # kind, name, sha256 (and select)
-
-
-def _short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-
-
-def _id_key(name: str) -> tuple[int, str]:
-    return (len(name), name)
 
 
 def open_testset(testset: str | os.PathLike) -> Inputs:
@@ -104,7 +92,7 @@ def open_cif_dir(cif_dir: str | os.PathLike, select: str | None = None) -> Input
         raise ValueError(f"--cifs {root} is not a directory")
     if select is not None and select not in SELECTIONS:
         raise ValueError(f"unknown selection {select!r}: choose one of {', '.join(sorted(SELECTIONS))}")
-    paths = sorted(root.glob("*.cif"), key=lambda p: _id_key(p.stem))
+    paths = sorted(root.glob("*.cif"), key=lambda p: id_key(p.stem))
     if not paths:
         raise ValueError(f"no .cif files in {root}")
     items: list[tuple[str, bytes | Unusable]] = []
@@ -135,85 +123,17 @@ def prepare_all(inputs: Inputs, hkl: np.ndarray, d_min: float, select: str | Non
     if inputs.meta.get("measured"):
         return prepare_measured(inputs, hkl, d_min, limit)
     plan = sf_plan(space_group_ops(STANDARD_SETTING), hkl)
-    good, skipped = [], []
-    for sid, data in inputs.items[:limit]:
-        try:
-            if isinstance(data, Unusable):
-                raise data
-            ing = parse_structure(data, sid)
-            if select is not None and (why := selection_reason(ing.cell6, select)) is not None:
-                raise Unusable("cell out of the selected range", why)
-            amp, phase, obs = reflections(ing, hkl, d_min, plan)
-            if not np.all(np.isfinite(amp[obs])) or float(np.sum(amp[obs].astype(np.float64) ** 2)) <= 0.0:
-                raise Unusable("no observed reflections", f"no observed power at d_min = {d_min} A")
-        except Unusable as exc:
-            skipped.append({"id": sid, "reason": exc.reason, "detail": exc.detail})
-            continue
-        except Exception as exc:  # noqa: BLE001 (one odd file must not stop the run; it is listed instead)
-            skipped.append({"id": sid, "reason": "ingestion failed", "detail": _short(exc)})
-            continue
-        good.append(Prepared(id=sid, cell6=ing.cell6, volume=ing.volume, compound_class=ing.compound_class,
-                             n_special=ing.n_special, n_atoms=ing.n_atoms, amp=amp,
-                             phase=phase.astype(np.float64), observed=obs))
-    return good, skipped
 
+    def one(sid: str, data: bytes) -> Prepared:
+        ing = parse_structure(data, sid)
+        if select is not None and (why := selection_reason(ing.cell6, select)) is not None:
+            raise Unusable("cell out of the selected range", why)
+        amp, phase, obs = reflections(ing, hkl, d_min, plan)
+        if not np.all(np.isfinite(amp[obs])) or float(np.sum(amp[obs].astype(np.float64) ** 2)) <= 0.0:
+            raise Unusable("no observed reflections", f"no observed power at d_min = {d_min} A")
+        return Prepared.of(ing, amp, phase, obs)
 
-def _score(p: Prepared, hkl: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """r and MPE of (K, N) phase sets (radians) of one structure."""
-    k = len(phases)
-    r, _, mpe = phase_r_batch(np.broadcast_to(p.amp, (k, len(hkl))), phases,
-                              np.broadcast_to(p.phase, (k, len(hkl))), hkl,
-                              np.broadcast_to(p.observed, (k, len(hkl))))
-    return r, mpe
-
-
-def _rng(seed: int, purpose: int, sid: str) -> np.random.Generator:
-    return seeded_rng(seed, purpose, stable_id(sid))
-
-
-def _simple(method: str, p: Prepared, hkl: np.ndarray, seed: int) -> dict[str, Any]:
-    ph = true_phases(p.phase) if method == "true" else random_signs(p.amp, _rng(seed, _RANDOM_KEY, p.id))
-    r, mpe = _score(p, hkl, ph[None])
-    return {**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0])}
-
-
-def _cf_row(p: Prepared, hkl: np.ndarray, seed: int, cfg: CFConfig | None,
-            start_phases: np.ndarray | None = None) -> dict[str, Any]:
-    """Charge flipping of one structure (from random starts, or from given start phases); {"error"} on failure."""
-    try:
-        res = charge_flip(p.cell6, hkl, p.amp, p.observed, space_group=STANDARD_SETTING,
-                          rng=_rng(seed, _CF_KEY, p.id), config=cfg, start_phases=start_phases)
-    except Exception as exc:  # noqa: BLE001 (listed as skipped; the run goes on)
-        return {"id": p.id, "error": _short(exc)}
-    r, mpe = _score(p, hkl, np.stack([res.phase_polished, res.phase_raw, res.phase_sym]))
-    return {**p.descriptors(), "r": float(r[0]), "mpe": float(mpe[0]), "r_raw": float(r[1]),
-            "mpe_raw": float(mpe[1]), "r_sym": float(r[2]), "converged": bool(res.converged),
-            "cf_cycles": int(res.cycles), "cf_cycles_run": int(res.cycles_run), "r_cf": float(res.r_cf),
-            "origin_margin": float(res.origin_margin) if np.isfinite(res.origin_margin) else None}
-
-
-def _cf_task(args: tuple[Prepared, int, CFConfig | None]) -> dict[str, Any]:
-    """Top level, so worker processes can run it."""
-    p, seed, cfg = args
-    return _cf_row(p, phai_hkl(), seed, cfg)
-
-
-def _charge_flipping(prepared: list[Prepared], seed: int, workers: int, cfg: CFConfig | None,
-                     tick: Callable[[], None]) -> list[dict]:
-    tasks = [(p, seed, cfg) for p in prepared]
-    if workers <= 1 or len(tasks) <= 1:
-        out = []
-        for t in tasks:
-            out.append(_cf_task(t))
-            tick()
-        return out
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        out = []
-        for row in pool.map(_cf_task, tasks, chunksize=1):
-            out.append(row)
-            tick()
-        return out
+    return prepare_each(inputs.items, one, "ingestion failed", limit)
 
 
 def _model_cf_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg: Any, seed: int,
@@ -224,7 +144,7 @@ def _model_cf_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_c
     for p, res in zip(prepared, scan(model, hkl, inputs, scan_cfg)):
         fom = getattr(res, scan_cfg.fom)
         starts = np.radians(res.phase_deg[np.arange(len(fom)), np.argmax(fom, axis=1)].astype(np.float64))
-        rows.append(_cf_row(p, hkl, seed, cf_config, start_phases=starts))
+        rows.append(cf_row(p, hkl, seed, cf_config, start_phases=starts))
         tick()
     return rows
 
@@ -240,7 +160,7 @@ def _model_rows(prepared: list[Prepared], hkl: np.ndarray, model: Any, scan_cfg:
     starts, cycles = scan_cfg.start_names, scan_cfg.cycles
     for p, res in zip(prepared, scan(model, hkl, inputs, scan_cfg, progress=_Tick())):
         s_n, c_n, n = res.phase_deg.shape
-        r, mpe = _score(p, hkl, np.radians(res.phase_deg.reshape(-1, n).astype(np.float64)))
+        r, mpe = score_phases(p, hkl, np.radians(res.phase_deg.reshape(-1, n).astype(np.float64)))
         r, mpe = r.reshape(s_n, c_n), mpe.reshape(s_n, c_n)
         picks = pick_runs(res, r)
         row = {**p.descriptors()}
@@ -313,11 +233,11 @@ def _evaluate(method: str, prepared: Sequence[Prepared], hkl: np.ndarray, *, see
             raise ValueError("method 'model+cf' needs a model and a scan config")
         rows = _model_cf_rows(prepared, hkl, model, scan_cfg, seed, cf_config, tick)
     elif method == "charge-flipping":
-        rows = _charge_flipping(prepared, seed, workers, cf_config, tick)
+        rows = cf_rows(prepared, hkl, seed, workers, cf_config, tick)
     else:
         rows = []
         for p in prepared:
-            rows.append(_simple(method, p, hkl, seed))
+            rows.append(baseline_row(method, p, hkl, seed))
             tick()
     failed = [{"id": r["id"], "reason": f"{method} failed", "detail": r["error"]} for r in rows if "error" in r]
     return [r for r in rows if "error" not in r], failed, time.perf_counter() - t0

@@ -2,8 +2,9 @@
 
 Methods (each returns phases on the merged reflections, in the input's own setting):
   * ``charge-flipping``: `evaluation.charge_flipping.charge_flip` on every measured, not absent reflection, in the
-    phasing frame (P 1 21/c 1 for space group 14, the input's setting otherwise; the group must contain the
-    inversion at the origin). Figure of merit: the final R_CF (lowest wins).
+    phasing frame (P 1 21/c 1 for space group 14, the input's setting otherwise), in any space group: 0/π
+    phases with an inversion centre at the origin, continuous ones otherwise (in a non-centrosymmetric group
+    either hand of the structure: |F| cannot tell them apart). Figure of merit: the final R_CF (lowest wins).
   * ``model``: the recycling scan of `evaluation.recycle` on the network's reflection list (|h| ≤ 10 in
     P 1 21/c 1, d ≥ d_min), picked by the scan's figure of merit (the network's |F|²-weighted confidence by
     default); only reflections the network was given get phases. Space group 14 only.
@@ -28,13 +29,13 @@ import numpy as np
 from builder.symmetry import SymOps, space_group_ops
 from evaluation.charge_flipping import charge_flip
 from evaluation.maps import e_values, phased_map, skewness
-from evaluation.metrics import ORIGIN_SHIFTS, phase_r
+from evaluation.metrics import phase_r_any_group
 from evaluation.recycle import ScanConfig, ScanInput, pick_runs, scan
 from evaluation.reduce import NETWORK_D_MIN, Reduced
 from manifests.seeds import seeded_rng, stable_id
 
 __all__ = ["METHODS", "MethodResult", "equivalent_index", "network_view", "check_method", "solve_reduced",
-           "score_against_model", "shift_origin"]
+           "score_against_model", "move_solution"]
 
 METHODS = ("charge-flipping", "model", "model+cf", "all")
 _CF_KEY, _FILL_KEY = 5, 6  # spawn-key purposes: CF random starts, random phases outside the network's list
@@ -119,9 +120,6 @@ def check_method(method: str, red: Reduced, have_model: bool) -> None:
                          "--method charge-flipping")
     if needs_net and not have_model:
         raise ValueError(f"--method {method} needs --checkpoint")
-    if method != "model" and not space_group_ops(red.frame.name).inversion_at_origin:
-        raise ValueError(f"{red.frame.name} has no inversion at the origin: phaseforge's charge flipping finds "
-                         "centrosymmetric (0/pi) phases only")
 
 
 def _charge_flip(red: Reduced, rng: np.random.Generator, start: np.ndarray | None = None) -> Any:
@@ -223,7 +221,9 @@ def solve_reduced(red: Reduced, method: str, *, model: Any = None, scan_cfg: Sca
 def score_against_model(red: Reduced, model_cif: bytes, phase: np.ndarray) -> dict[str, Any] | None:
     """r and MPE of `phase` against the deposited model's phases (gemmi direct summation, input setting).
 
-    r is maximised over the 8 origin shifts {0, 1/2}^3 (the inversion centres of P2₁/c in any setting).
+    r is free of origin and hand (`evaluation.metrics.phase_r_any_group`): maximised over the group's
+    permissible origin shifts (continuous along a polar axis) and, where the inverted structure obeys the group
+    too, over the two hands, which |F| cannot tell apart. In P2₁/c these are the 8 shifts {0, ½}³.
     """
     doc = gemmi.cif.read_string(model_cif.decode("utf-8", errors="replace"))
     block = next((b for b in doc if len(b.find_values("_atom_site_fract_x")) > 0), None)
@@ -236,21 +236,16 @@ def score_against_model(red: Reduced, model_cif: bytes, phase: np.ndarray) -> di
     calc = gemmi.StructureFactorCalculatorX(st.cell)  # st stays alive while calc is used
     sel = np.flatnonzero(np.isfinite(phase) & red.usable)
     f = np.array([calc.calculate_sf_from_small_structure(st, [int(v) for v in red.hkl[i]]) for i in sel])
-    r, best, mpe = phase_r(red.amp[sel], phase[sel], np.angle(f), red.hkl[sel], np.ones(len(sel), dtype=bool))
-    return {"r": round(r, 6), "mpe_deg": round(mpe, 3), "n": int(len(sel)),
-            "origin_shift": (ORIGIN_SHIFTS[best] / 2.0).tolist(),
-            "note": "against the phases of the deposited model (gemmi), |F| from the measurements"}
+    g = phase_r_any_group(red.amp[sel], phase[sel], np.angle(f), red.hkl[sel], red.spacegroup.xhm())
+    hands = " and both hands" if g.hands == 2 and not red.spacegroup.is_centrosymmetric() else ""
+    return {"r": round(g.r, 6), "mpe_deg": round(g.mpe, 3), "n": int(len(sel)),
+            "origin_shift": [round(float(v), 6) for v in g.shift], "inverted": g.inverted,
+            "note": "against the phases of the deposited model (gemmi), |F| from the measurements; best over the "
+                    f"permissible origins{hands}"}
 
 
-def shift_origin(red: Reduced, phase: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Phases of the same solution moved by x -> x + t (F_t(h) = F(h) exp(2πi h·t)), when t is a permissible
-    origin shift of the group (the shifted operations are the group's own); else the phases unchanged."""
-    t = np.asarray(t, dtype=np.float64)
-    ops = red.spacegroup.operations()
-    have = {op.wrap().triplet() for op in ops}
-    for op in ops:
-        m = np.array(op.float_seitz())
-        new = gemmi.seitz_to_op([[*m[i, :3], m[i, 3] + t[i] - m[i, :3] @ t] for i in range(3)] + [[0, 0, 0, 1]])
-        if new.wrap().triplet() not in have:
-            return phase
-    return np.mod(phase + 2.0 * np.pi * (red.hkl @ t), 2.0 * np.pi)
+def move_solution(red: Reduced, phase: np.ndarray, shift: Any, inverted: bool = False) -> np.ndarray:
+    """The same solution moved by x -> s·x + t (φ -> s·φ + 2π h·t; s = −1 when `inverted`): with the
+    transformation `score_against_model` found, map and peaks overlay the deposited model."""
+    s = -1.0 if inverted else 1.0
+    return np.mod(s * phase + 2.0 * np.pi * (red.hkl @ np.asarray(shift, dtype=np.float64)), 2.0 * np.pi)

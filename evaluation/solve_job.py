@@ -13,10 +13,11 @@ from typing import Any
 
 import gemmi
 
-from evaluation.outputs import publish, stage, write_solution
+from evaluation.outputs import write_solution
 from evaluation.reduce import NETWORK_D_MIN, reduce_measured
 from evaluation.reflections_io import read_input
-from evaluation.solve import check_method, score_against_model, shift_origin, solve_reduced
+from evaluation.solve import check_method, move_solution, score_against_model, solve_reduced
+from evaluation.staging import publish, stage
 
 __all__ = ["solve_job", "default_method", "peak_count"]
 
@@ -102,10 +103,13 @@ def solve_job(input_path: Path, out: Path, *, method: str | None = None, checkpo
     results, picked = solve_reduced(red, method, model=model, scan_cfg=ScanConfig(seed=seed), seed=seed,
                                     d_min=d_min)
     best = next(r for r in results if r.method == picked)
-    phase, origin = best.phase, "the solution's own (one of the equivalent origins)"
+    phase, origin = best.phase, "the solution's own (one of the equivalent origins" + (
+        ")" if red.spacegroup.is_centrosymmetric() else "; either hand: |F| cannot tell it from its mirror image)")
     if meas.model is not None:
-        t = score_against_model(red, meas.model, phase)["origin_shift"]
-        phase, origin = shift_origin(red, phase, t), f"shifted by {t} to overlay the deposited model"
+        fit = score_against_model(red, meas.model, phase)
+        phase = move_solution(red, phase, fit["origin_shift"], fit["inverted"])
+        origin = (f"{'inverted and ' if fit['inverted'] else ''}shifted by {fit['origin_shift']} to overlay the "
+                  "deposited model")
     n_ops = len(red.spacegroup.operations())
     peaks = n_peaks or peak_count(meas.sfac, meas.unit, n_ops, float(gemmi.UnitCell(*red.cell6).volume))
     summary = {"inputs": inputs, "settings": settings, "checkpoint": ck_info, "input_notes": list(meas.notes),
@@ -113,8 +117,8 @@ def solve_job(input_path: Path, out: Path, *, method: str | None = None, checkpo
                "pick_rule": "the only method run" if len(results) == 1 else
                "highest E-map skewness over the reflections every method phased",
                "methods": {r.method: _method_entry(r, red, meas.model) for r in results}, "origin": origin}
-    tmp = stage(Path(out))
+    tmp = stage(out)
     summary = write_solution(tmp, red, phase, summary, method=picked, n_peaks=peaks,
                              wavelength=meas.wavelength, sfac=meas.sfac, unit=meas.unit)
-    publish(tmp, Path(out))
+    publish(tmp, out)
     return summary, state

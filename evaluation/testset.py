@@ -29,9 +29,10 @@ from typing import Any
 
 from builder.setting import EDGE_TOL, SIZE_CLASSES, size_class
 from evaluation.cif import Ingested, Unusable, parse_structure
+from manifests.schema import write_json_atomic
 
 __all__ = [
-    "SELECTIONS", "EDGE_TOL", "TESTSET_VERSION", "selection_reason", "build_testset", "write_testset",
+    "SELECTIONS", "EDGE_TOL", "TESTSET_VERSION", "id_key", "selection_reason", "build_testset", "write_testset",
     "load_testset", "shipped_testset", "write_archive", "iter_testset_cifs",
 ]
 
@@ -60,8 +61,9 @@ def selection_reason(cell6: Sequence[float], select: str) -> str | None:
     return f"longest edge {float(max(cell6[:3])):.3f} A outside {select}"
 
 
-def _id_key(name: str) -> tuple[int, str]:
-    return (len(name), name)  # numeric order for COD ids (all digits), stable for anything else
+def id_key(name: str) -> tuple[int, str]:
+    """Sort key of structure ids: numeric order for COD ids (all digits), stable for anything else."""
+    return (len(name), name)
 
 
 def _provenance(cif_dir: Path) -> dict[str, dict[str, str]]:
@@ -122,7 +124,7 @@ def build_testset(cif_dir: str | os.PathLike, select: str, *, archive: str | Non
     root = Path(cif_dir)
     prov = _provenance(root)
     entries, skipped = [], []
-    for path in sorted(root.glob("*.cif"), key=lambda p: _id_key(p.stem)):
+    for path in sorted(root.glob("*.cif"), key=lambda p: id_key(p.stem)):
         data = path.read_bytes()
         try:
             ing = parse_structure(data, path.stem)
@@ -160,12 +162,11 @@ def build_testset(cif_dir: str | os.PathLike, select: str, *, archive: str | Non
 
 
 def write_testset(testset: Mapping[str, Any], out: str | os.PathLike) -> Path:
-    """Write a manifest as JSON (sorted keys, indent 1, trailing newline) atomically; returns the path."""
+    """Write a manifest as JSON atomically (`manifests.schema.write_json_atomic`: sorted keys, indent 1,
+    trailing newline, no NaN); returns the path."""
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(testset, sort_keys=True, indent=1, ensure_ascii=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, dict(testset), allow_nan=False)
     return path
 
 
@@ -196,7 +197,7 @@ def write_archive(cif_dir: str | os.PathLike, ids: Sequence[str], out: str | os.
     root = Path(cif_dir)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for cid in sorted(set(ids), key=_id_key):
+        for cid in sorted(set(ids), key=id_key):
             data = (root / f"{cid}.cif").read_bytes()
             info = tarfile.TarInfo(f"{cid}.cif")
             info.size, info.mtime, info.mode = len(data), 0, 0o644

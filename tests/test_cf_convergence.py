@@ -47,6 +47,7 @@ def small_rows():
     return rows
 
 
+@pytest.mark.slow
 def test_solved_cod_structures_report_converged_and_stop_early(small_rows):
     cap = CFConfig().max_cycles
     solved = [r for r in small_rows if r["r"] >= SOLVED_R]
@@ -55,6 +56,7 @@ def test_solved_cod_structures_report_converged_and_stop_early(small_rows):
     assert np.median([r["cf_cycles_run"] for r in small_rows]) <= cap / 5  # converged starts stopped the run
 
 
+@pytest.mark.slow
 def test_r_is_not_worse_on_cod_small(small_rows):
     """Same f(r >= 0.8) except where the data leave the origin open (9008962, AgO: two inequivalent origins fit
     equally; 14 of 20 seeds solved it with the old code, 11 of 20 with this one), median r within 0.002."""
@@ -117,6 +119,17 @@ def test_p1_needs_no_origin_search():
     plan = OriginPlan.build(phai_hkl(3), space_group_ops("P 1"))
     t, score = plan.search(np.ones(len(phai_hkl(3)), dtype=complex))
     assert np.all(t == 0) and score == 1.0
+
+
+def test_scan_only_origin_search_scores_its_grid_point_exactly():
+    """newton_steps=0 (the convergence checks) takes the scan's value at the best grid point: S(t) itself."""
+    rng = np.random.default_rng(4)
+    for sg in ("P 1 21/c 1", "P 21 21 21", "P 1 21 1"):
+        plan = OriginPlan.build(phai_hkl(4), space_group_ops(sg))
+        f = rng.normal(size=plan.n_h) + 1j * rng.normal(size=plan.n_h)
+        t, s = plan.search(f, newton_steps=0)
+        assert s == pytest.approx(plan.score(f, t), abs=1e-9)
+        assert s <= plan.search(f)[1] + 1e-12  # refinement only climbs
 
 
 def test_origin_ambiguity_is_flagged_for_a_pseudo_symmetric_structure():

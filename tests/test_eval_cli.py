@@ -16,6 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from builder.reflections import phai_hkl
 from evaluation.cli import cli
 from training.model import seeded_model, config_dict, tiny
 
@@ -143,6 +144,11 @@ def test_unusable_inputs_are_listed_and_do_not_stop_the_run(tmp_path: Path, cif_
     assert rep["skipped_counts"] == {"another space group": 1, "missing coordinates": 1, "unparsable": 1}
     assert "9008040" in (tmp_path / "u" / "report.md").read_text()
     assert "skipped 9008040: another space group" in res.output
+    # ferrocene and malonamide carry no U at all (tests/data/cif/README.md): every site gets the default
+    assert {r["id"]: r["n_u_fallback"] for r in rows(tmp_path / "u")} == {"9004097": "0", "2101932": "11",
+                                                                          "1209222": "26"}
+    assert rep["u_fallback"] == {"structures": 2, "sites": 37, "ids": ["1209222", "2101932"], "u_iso": 0.05}
+    assert "37 sites in 2 structures had no usable U" in (tmp_path / "u" / "report.md").read_text()
     sel = invoke("run", "--cifs", cif_dir, "--method", "true", "--select", "p21c-small", "--out", tmp_path / "s",
                  "--no-plots")
     assert sel.exit_code == 0, sel.output
@@ -251,18 +257,19 @@ def test_cf_results_do_not_depend_on_workers(tmp_path: Path):
 
 def test_a_failing_structure_is_listed_not_fatal(tmp_path: Path, monkeypatch):
     """A structure on which the method itself fails joins the skipped list; the others are scored."""
+    import evaluation.baselines as baselines
     import evaluation.run as run_mod
 
-    real = run_mod.charge_flip
+    real = baselines.charge_flip
 
     def flaky(cell6, *args, **kwargs):
         if cell6[0] < 7.6:
             raise FloatingPointError("diverged")
         return real(cell6, *args, **kwargs)
 
-    monkeypatch.setattr(run_mod, "charge_flip", flaky)
-    prepared, skipped = run_mod.prepare_all(run_mod.open_testset(SMALL), run_mod.phai_hkl(), 1.0, limit=4)
-    rows_, failed, _ = run_mod.evaluate("charge-flipping", prepared, run_mod.phai_hkl())
+    monkeypatch.setattr(baselines, "charge_flip", flaky)
+    prepared, skipped = run_mod.prepare_all(run_mod.open_testset(SMALL), phai_hkl(), 1.0, limit=4)
+    rows_, failed, _ = run_mod.evaluate("charge-flipping", prepared, phai_hkl())
     bad = {p.id for p in prepared if p.cell6[0] < 7.6}
     assert bad and {f["id"] for f in failed} == bad and not skipped
     assert all(f["reason"] == "charge-flipping failed" and "diverged" in f["detail"] for f in failed)

@@ -4,13 +4,14 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import gemmi
 import numpy as np
 import pytest
 
 from builder.reflections import phai_hkl, systematic_absences
 from builder.symmetry import P21C_ORIGIN_SHIFTS, origin_shifts, space_group_ops
-from evaluation.metrics import (ORIGIN_SHIFTS, SOLVED_R, phase_r, phase_r_all_shifts, phase_r_batch,
-                                summarise)
+from evaluation.metrics import (ORIGIN_SHIFTS, SOLVED_R, permissible_origins, phase_r, phase_r_all_shifts,
+                                phase_r_any_group, phase_r_batch, summarise)
 from tests.conftest import gemmi_sf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,3 +280,92 @@ def test_origin_shifts_and_solved_threshold_are_defined_once():
     assert not literals, literals
     assert solved_defs == [d for d in solved_defs if d.startswith("symmetry.py:")] and len(solved_defs) == 1
     assert SOLVED_R == 0.8
+
+
+# ----------------------------------------------------------------------------- any space group
+
+NONCENTRO = ROOT / "tests" / "data" / "noncentro"  # COD models: README.md there
+
+
+def _model_phases(cid: str, move=None, d_min: float = 1.0):
+    """gemmi |F| and phases of a COD model (optionally every site moved by x -> move(x)) on its unique list."""
+    st = gemmi.read_small_structure(str(NONCENTRO / f"{cid}.cif"))
+    st.change_occupancies_to_crystallographic()
+    if move is not None:
+        for site in st.sites:
+            site.fract = gemmi.Fractional(*move(np.array(site.fract.tolist())))
+        st.setup_cell_images()
+    hkl = np.array(gemmi.make_miller_array(st.cell, st.spacegroup, d_min, 0, True), dtype=np.int64)
+    hkl = hkl[np.any(hkl != 0, axis=1)]
+    calc = gemmi.StructureFactorCalculatorX(st.cell)
+    f = np.array([calc.calculate_sf_from_small_structure(st, [int(v) for v in h]) for h in hkl])
+    return hkl, np.abs(f), np.angle(f), st.spacegroup.xhm()
+
+
+def test_any_group_r_is_phase_r_in_p21c():
+    for seed, centric in ((0, True), (1, False), (2, False)):
+        hkl, amp, true, mask = _data(seed, centric)
+        pred = _data(seed + 10, centric)[2]
+        g = phase_r_any_group(amp, pred, true, hkl, SG, mask)
+        r, best, mpe = phase_r(amp, pred, true, hkl, mask)
+        assert g.r == pytest.approx(r, abs=1e-9) and g.mpe == pytest.approx(mpe, abs=1e-6)
+        assert g.n_free == 0 and g.hands == 2 and np.allclose(g.shift, ORIGIN_SHIFTS[best] / 2)
+
+
+@pytest.mark.parametrize("sg", [SG, "P 1 21 1", "P 21 21 21", "P 32", "C 1 2/c 1", "I -4", "P n a 21"])
+def test_permissible_origins_on_the_half_grid_are_builders_origin_shifts(sg):
+    same, other = permissible_origins(space_group_ops(sg), (24, 24, 24))
+    halves = sorted(tuple(int(v) for v in u // 12) for u in same if np.all(u % 12 == 0))
+    assert halves == sorted(tuple(int(v) for v in s) for s in origin_shifts(sg))
+    assert (len(other) == 0) == (sg == "P 32")  # the inverted structure of P3₂ is in P3₁
+
+
+MOVES = {  # (model, x -> x', credited as the same solution?)
+    "P2_1 polar shift": ("2100147", lambda x: x + [0, 0.3137, 0], True),
+    "P2_1 other hand + shift": ("2100147", lambda x: -x + [0.5, 0.21, 0.5], True),
+    "P2_1 quarter shift": ("2100147", lambda x: x + [0.25, 0, 0], False),
+    "P2_12_12_1 half shift": ("2000583", lambda x: x + [0.5, 0, 0.5], True),
+    "P2_12_12_1 other hand": ("2000583", lambda x: -x, True),
+    "P2_12_12_1 no polar axis": ("2000583", lambda x: x + [0, 0.3, 0], False),
+    "P3_2 polar + third shift": ("4037663", lambda x: x + [1 / 3, 2 / 3, 0.37], True),
+    "P3_2 other hand is P3_1": ("4037663", lambda x: -x, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MOVES))
+def test_any_group_r_is_free_of_origin_and_hand(case):
+    """A transformed model gives r = 1 exactly when the transformation keeps |F| and the group (gemmi path)."""
+    cid, move, credited = MOVES[case]
+    hkl, amp, true, sg = _model_phases(cid)
+    _, amp2, pred, _ = _model_phases(cid, move)
+    g = phase_r_any_group(amp, pred, true, hkl, sg)
+    assert np.allclose(amp2, amp, atol=1e-4 * amp.max()) == credited  # gemmi: the same |F| only if allowed
+    if credited:
+        assert g.r > 1 - 1e-6 and g.mpe < 0.01
+        assert g.inverted == ("other hand" in case)
+    else:
+        assert g.r < 0.6
+
+
+def test_polar_axis_maximum_matches_a_brute_force_scan():
+    """r along P2₁'s free b axis: the FFT grid + Newton answer equals a dense explicit scan (second path)."""
+    hkl, amp, true, sg = _model_phases("2100147")
+    rng = np.random.default_rng(3)
+    pred = true + rng.normal(0, 1.2, len(true))  # a poor solution: r well inside (0, 1)
+    g = phase_r_any_group(amp, pred, true, hkl, sg)
+    w, best = amp**2, -1.0
+    ty = np.linspace(0, 1, 4001)[:, None]
+    for hand in (1, -1):
+        for tx, tz in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            arg = hand * pred + np.pi * (hkl[:, 0] * tx + hkl[:, 2] * tz) + 2 * np.pi * hkl[:, 1] * ty - true
+            best = max(best, float((np.cos(arg) @ w).max() / w.sum()))
+    assert 0.1 < g.r < 0.9 and g.n_free == 1
+    assert g.r == pytest.approx(best, abs=2e-4) and g.r >= best - 1e-9
+
+
+@pytest.mark.parametrize("cid", ["2100147", "2000583", "4037663"])
+def test_random_phases_stay_far_below_solved_in_any_group(cid):
+    hkl, amp, true, sg = _model_phases(cid)
+    rng = np.random.default_rng(7)
+    r = [phase_r_any_group(amp, rng.uniform(0, 2 * np.pi, len(true)), true, hkl, sg).r for _ in range(5)]
+    assert max(r) < 0.45 and min(r) > 0.0  # maximised over origins and hands: above 0, far below 0.8

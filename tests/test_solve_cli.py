@@ -63,6 +63,10 @@ BAD = {
     "model outside P2_1/c": (lambda d: (d / "x.ins").write_text(INS.replace("SYMM 0.5-X, 0.5+Y, 0.5-Z", "SYMM -X, Y, 1/2-Z").replace(
         "LATT 1", "LATT 7")), ["x.hkl", "--method", "model", "--checkpoint", "none.pt"],
         "network is P2_1/c-only .* charge flipping works in any group"),
+    "model in P2_1 (no centre of symmetry)": (lambda d: (d / "x.ins").write_text(INS.replace(
+        "SYMM 0.5-X, 0.5+Y, 0.5-Z", "SYMM -X, 1/2+Y, -Z").replace("LATT 1", "LATT -1")),
+        ["x.hkl", "--method", "model+cf", "--checkpoint", "none.pt"],
+        "network is P2_1/c-only and this is P 1 21 1 .* charge flipping works in any group"),
     "all intensities <= 0": (lambda d: (d / "x.hkl").write_text("   1   0   1   -1.00    0.50\n   0   2   0    0.00    1.00\n"),
                              ["x.hkl"], "all 2 intensities .* <= 0"),
     "ins without CELL": (lambda d: (d / "x.ins").write_text(INS.replace("CELL", "REM CELL")), ["x.hkl"], "no CELL"),
@@ -137,6 +141,7 @@ def test_run_on_the_measured_test_set_reports_r_beside_r_calc(tmp_path: Path):
     assert rep["n"] == 15 and rep["median_r"] == 1.0 and rep["calculated"]["median_r"] == 1.0
     rows = (tmp_path / "t" / "results.csv").read_text().splitlines()
     assert rows[0].endswith("r_calc,mpe_calc,completeness") and len(rows) == 16
-    res = invoke("run", "--testset", "cod-p21c-measured", "--method", "random", "--out", tmp_path / "r", "--no-plots")
+    res = invoke("run", "--testset", "cod-p21c-measured", "--method", "random", "--limit", "5", "--out", tmp_path / "r",
+                 "--no-plots")
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert rep["f_solved"] == 0.0 and abs(rep["median_r"]) < 0.3 and abs(rep["calculated"]["median_r"]) < 0.3
+    assert rep["n"] == 5 and rep["f_solved"] == 0.0 and abs(rep["median_r"]) < 0.3 and abs(rep["calculated"]["median_r"]) < 0.3
