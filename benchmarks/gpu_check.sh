@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_wheels.sh              # beforehand, on a machine with a registry: .whl/ (~7 MiB)
 #   bash benchmarks/gpu_check.sh               # on the GPU machine (no registry): ~6-8 min, never more than 8
-#   bash benchmarks/gpu_check.sh --dry-run     # CPU, tiny preset, tiny counts (~40 s): the same steps
+#   bash benchmarks/gpu_check.sh --dry-run     # CPU, tiny preset, tiny counts (~35 s): the same steps
 #
 # Steps, each time-boxed inside one overall budget (470 s; --budget S):
 #   wheels     pip install --no-index --no-deps --target TMP/site .whl/*.whl (unzip if pip is missing);
