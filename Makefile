@@ -60,7 +60,7 @@ run: setup reports/tiny/report.json reports/cf/report.json reports/solve-2242302
 	$(BIN)/phaseforge-eval compare reports/tiny reports/cf --out reports/tiny-vs-cf
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks.bench_builder

@@ -94,6 +94,7 @@ def test_resume_rebuilds_only_what_is_bad(tmp_path, compress, ext):
     assert not list(out.glob(".*.partial-*"))
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_no_partial_file_and_resumes(tmp_path):
     out = tmp_path / "k"
     cmd = [sys.executable, "-m", "builder.cli", "shards", "--strategy", STRATEGY, "--count", "600",

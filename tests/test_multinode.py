@@ -215,6 +215,7 @@ def same(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow
 def test_two_nodes_train_as_one_node_and_resume_on_one_process(data, tmp_path, capsys):
     two, one, moved, single = (tmp_path / n for n in ("two-nodes", "one-node", "moved", "single"))
     for _ in range(3):  # the chosen port can be taken before torchrun binds it: then take another
@@ -287,6 +288,7 @@ def slurm_env(tmp: Path, port: int) -> dict:
                   "SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_JOB_ID": "4242", "RDZV_PORT": str(port)}
 
 
+@pytest.mark.slow
 def test_the_slurm_example_names_a_failing_rank_on_every_node(data, tmp_path):
     """examples/slurm/train.sbatch on two stand-in nodes; one shard turns corrupt under the running job."""
     train, out, script = tmp_path / "train", tmp_path / "run", ROOT / "examples" / "slurm" / "train.sbatch"

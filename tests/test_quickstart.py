@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def sh(*args: str) -> str:
     res = subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, timeout=300)
@@ -14,6 +16,7 @@ def sh(*args: str) -> str:
     return res.stdout
 
 
+@pytest.mark.slow
 def test_build_train_evaluate(tmp_path: Path):
     data, val, run, rep = tmp_path / "train", tmp_path / "val", tmp_path / "run", tmp_path / "report"
     sh("builder.cli", "shards", "--strategy", "lognormal-molecules", "--count", "48", "--shard-size", "24",

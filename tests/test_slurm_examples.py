@@ -2,6 +2,8 @@
 what a one-process build writes. benchmarks/slurm_local.sh runs them under a real Slurm."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -27,6 +29,7 @@ def shim(tmp: Path) -> dict:
     return env | {"PATH": f"{bin_dir}:{env['PATH']}", "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.slow
 def test_array_scripts_build_the_one_process_dataset(tmp_path):
     env = shim(tmp_path)
     out = tmp_path / "array"

@@ -31,6 +31,7 @@ def _cmd(data, out: Path, steps: int, *extra: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- two writers
 
+@pytest.mark.slow
 def test_a_second_fit_on_the_same_out_is_refused_naming_the_holder(data, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -176,6 +176,7 @@ def _scheme_without_backend() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_fit_refuses_bad_sources_before_training(served, tmp_path):
     """Through `python -m training fit` (issue 10.5): one line, exit 2, and the run directory is never made."""
     from builder.build import write_on_the_fly
