@@ -80,7 +80,8 @@ class EvalConfig:
 
     def _resolve_method(self) -> None:
         if self.checkpoint is not None and self.method not in (None, *MODEL_METHODS):
-            raise ValueError(f"--checkpoint runs the model; drop it or --method {self.method}")
+            raise ValueError(f"--checkpoint runs the model, which --method {self.method} does not use: drop "
+                             f"--checkpoint or choose --method {'|'.join(MODEL_METHODS)}")
         method = self.method or ("model" if self.checkpoint is not None else None)
         if method is None:
             raise ValueError("give --checkpoint or --method charge-flipping|random|true")
