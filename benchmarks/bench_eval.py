@@ -13,7 +13,6 @@ machine pass --threads 1: torch's OpenMP pool slows down several-fold when anoth
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import emit
 from builder.reflections import phai_hkl
 from evaluation.recycle import ScanConfig
 from evaluation.run import evaluate, open_testset, prepare_all
@@ -82,11 +82,7 @@ def main() -> None:
         "model": bench_model(prepared[:a.model_limit], a.preset, device, a.batch_size),
         "charge_flipping": bench_cf(prepared[:a.cf_limit], a.workers),
     }
-    text = json.dumps(result, indent=1, sort_keys=True)
-    if a.out is not None:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
-    print(text)
+    emit(result, a.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ and 2 give wall-clock samples/s per worker. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -21,8 +20,10 @@ from pathlib import Path
 
 try:
     from benchmarks.bench_loader import ensure, rate
+    from benchmarks.common import emit
 except ImportError:  # run as a script
     from bench_loader import ensure, rate  # type: ignore
+    from common import emit  # type: ignore
 
 
 def _free_port() -> int:
@@ -76,10 +77,7 @@ def main() -> None:
         a, b = res["results"][f"{name}_local"], res["results"][f"{name}_http"]
         res["results"][f"{name}_http_over_local"] = [round(y["samples_per_s"] / x["samples_per_s"], 3)
                                                      for x, y in zip(a, b)]
-    text = json.dumps(res, sort_keys=True)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(res, args.out)
 
 
 if __name__ == "__main__":

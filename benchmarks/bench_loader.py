@@ -10,7 +10,6 @@ reported: the per-core rate, steadier than wall time on a shared machine). Print
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -20,8 +19,10 @@ from training.data import DataConfig, Loader, open_sources
 
 try:
     from benchmarks.train_tiny_cpu import strategy
+    from benchmarks.common import emit
 except ImportError:  # run as a script
     from train_tiny_cpu import strategy  # type: ignore
+    from common import emit  # type: ignore
 
 
 def ensure(out: Path, fmt: str, count: int, shard_size: int, reflections: bool = True,
@@ -84,7 +85,7 @@ def main() -> None:
     s_only = ensure(args.data / "tar-structures", "tar", min(args.count, 2000), 250, reflections=False)
     res["results"]["tar_structures_only_F_in_loader"] = [
         rate(s_only, w, args.streams, 250, args.batch_size) for w in (1, 2)]
-    print(json.dumps(res, sort_keys=True))
+    emit(res, None)
 
 
 if __name__ == "__main__":

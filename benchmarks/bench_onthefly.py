@@ -20,7 +20,6 @@ The generator's own speed (builder/fill.py, sf.py, geometry.py) is what this mea
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -32,9 +31,11 @@ from manifests.schema import package_version
 try:
     from benchmarks.bench_loader import rate
     from benchmarks.train_tiny_cpu import strategy
+    from benchmarks.common import emit
 except ImportError:  # run as a script
     from bench_loader import rate  # type: ignore
     from train_tiny_cpu import strategy  # type: ignore
+    from common import emit  # type: ignore
 
 GPU_PAPER_H200 = 3000.0  # samples/s, the paper preset's FLOP estimate on an H200 (benchmarks/gpu_train.py)
 
@@ -90,10 +91,7 @@ def main() -> None:
             rate(path, w, args.streams, args.shard_size, args.batch_size, sf=sf, rounds=args.rounds)
             for w in workers]}
         res["workers_per_gpu"][mode] = math.ceil(args.gpu_samples_per_s / best[mode])
-    text = json.dumps(res, sort_keys=True)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(res, args.out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from benchmarks.common import emit
+
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGY = "lognormal-molecules"
 
@@ -245,11 +247,7 @@ def main() -> None:
            "command": " ".join(["python -m benchmarks.bench_scale", *sys.argv[1:]]),
            "seconds": round(time.perf_counter() - t, 1), "build": builds, "verify": verifies,
            "finalize": finals, "loader": loads, "claims": claims(builds, verifies, finals, loads)}
-    text = json.dumps(res, indent=1, sort_keys=True)
-    print(text)
-    if not args.quick:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(res, None if args.quick else args.out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ schema version, and the gzip level trade-off. Shards are encoded exactly as `bui
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -21,8 +20,10 @@ from manifests.shardio import read_samples, shard_bytes, unpack
 
 try:
     from benchmarks.train_tiny_cpu import strategy
+    from benchmarks.common import emit
 except ImportError:  # run as a script
     from train_tiny_cpu import strategy  # type: ignore
+    from common import emit  # type: ignore
 
 CONTAINERS = [("tar", None), ("tar", "gz"), ("hdf5", None), ("hdf5", "gz"), ("hdf5", "lzf")]
 
@@ -100,10 +101,7 @@ def main() -> None:
         if refl:
             res["results"]["candidate_layout"] = signed_layout(shards)
             res["results"]["tar_gzip_levels"] = gzip_levels(shards)
-    text = json.dumps(res, sort_keys=True)
-    print(text)
-    if args.out:
-        args.out.write_text(json.dumps(res, sort_keys=True, indent=1) + "\n")
+    emit(res, args.out)
 
 
 if __name__ == "__main__":

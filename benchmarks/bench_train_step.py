@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import time
@@ -20,6 +19,11 @@ import torch
 from builder.reflections import phai_hkl, systematic_absences
 from training.loss import phai_loss
 from training.model import seeded_model, hkl_grid_index, logits_to_phase_deg, preset, to_grid
+
+try:
+    from benchmarks.common import emit
+except ImportError:  # run as a script
+    from common import emit  # type: ignore
 
 
 def step_fn(net, opt, hkl, index, grid_shape, autocast):
@@ -97,7 +101,7 @@ def main() -> None:
            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
            "results": [bench(p, int(batches.get(p, 64)), device, args.repeats if p != "paper" else 1)
                        for p in args.presets.split(",")]}
-    print(json.dumps(res, sort_keys=True))
+    emit(res, None)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import platform
@@ -37,9 +36,11 @@ from training.train import n_cycles_at
 try:
     from benchmarks.bench_train_step import step_fn
     from benchmarks.train_tiny_cpu import strategy
+    from benchmarks.common import emit
 except ImportError:  # run as a script
     from bench_train_step import step_fn  # type: ignore
     from train_tiny_cpu import strategy  # type: ignore
+    from common import emit  # type: ignore
 
 MEASURES = ("model", "loader", "e2e", "sf")
 H200_BF16_FLOPS = 790e12  # dense bf16 peak measured on this workplace's H200 (device KINDS notes)
@@ -256,11 +257,7 @@ def main() -> None:
     res["host_peak_rss_mib"] = round(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                                          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024, 1)
     res["total_seconds"] = round(time.perf_counter() - t_all, 1)
-    text = json.dumps(res, sort_keys=True)
-    print(text)
-    out = args.out or (Path(os.environ["OUT"], "gpu_train.json") if os.environ.get("OUT") else None)
-    if out is not None:
-        out.write_text(text + "\n")
+    emit(res, args.out or (Path(os.environ["OUT"], "gpu_train.json") if os.environ.get("OUT") else None))
 
 
 if __name__ == "__main__":

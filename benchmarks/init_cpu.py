@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import emit
 from builder.build import build, make_header
 from builder.reflections import phai_hkl
 from builder.strategy import load_strategy
@@ -118,10 +119,7 @@ def main() -> None:
                  "scan": evaluate(ckpt, items, scan_cfg)}
         result["runs"][init] = entry
         print(json.dumps({init: entry}), flush=True)
-    text = json.dumps(result, indent=1, sort_keys=True)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     if tmp is not None:
         tmp.cleanup()
 

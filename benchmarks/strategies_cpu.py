@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import emit
+
 
 def sh(*args) -> str:
     res = subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True)
@@ -55,10 +57,7 @@ def main() -> None:
             entry["cod"][testset] = {"n": r["n"], "f_solved": r["f_solved"], "median_r": r["median_r"]}
         result["runs"][name] = entry
         print(json.dumps({name: entry}), flush=True)
-    text = json.dumps(result, indent=1, sort_keys=True)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
