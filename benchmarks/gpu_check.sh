@@ -187,10 +187,14 @@ def load(name, suffix):
     if not p.is_file():
         return None
     text = p.read_text().strip()
-    try:
-        return json.loads(text.splitlines()[-1]) if text else None
-    except ValueError:
-        return text[-2000:]
+    if not text:
+        return None
+    for candidate in (text, text.splitlines()[-1]):  # a JSON file, or output whose last line is JSON
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            pass
+    return text[-2000:]
 
 names = sorted({p.name.split(".")[0] for p in d.iterdir()})
 report = {"check": "gpu_check", "dry_run": dry == "1", "budget_s": int(budget), "on_the_fly_offered": otf == "1",
