@@ -325,8 +325,10 @@ def build(out: str | Path, header: Manifest, shard_range: tuple[int, int] | None
     return BuildReport(path=path, **counts)
 
 
-def finalize(out: str | Path) -> Path:
-    """Merge part-manifests into the manifest a one-machine build would have written (byte-identical)."""
+def finalize(out: str | Path, workers: int = 1) -> Path:
+    """Merge part-manifests into the manifest a one-machine build would have written (byte-identical).
+
+    Every shard is checked against its part's size and sha256 first, hashed by `workers` threads."""
     out = Path(out)
     parts = sorted(out.glob("manifest.part-*.json"))
     whole = [out / MANIFEST_NAME] if not parts and (out / MANIFEST_NAME).is_file() else []  # one task (--task 0/1)
@@ -348,7 +350,7 @@ def finalize(out: str | Path) -> Path:
         raise ValueError(f"{out}: shards {_ranges(missing)} are not built yet; run them (their --task or "
                          "--shards A:B), then finalize")
     manifest = header.with_shards(by_shard.values())
-    problems = verify_dir(manifest, out)
+    problems = verify_dir(manifest, out, workers)
     if problems:
         raise ValueError(f"{out}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     write_json_atomic(out / MANIFEST_NAME, manifest.to_dict(), allow_nan=False)

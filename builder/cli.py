@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -102,10 +103,12 @@ def shards(strategy, count, shard_size, fmt, seed, out, workers, shard_range, ta
 
 @cli.command("finalize")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--workers", type=click.IntRange(min=1), default=lambda: min(8, os.cpu_count() or 1),
+              show_default="min(8, cores)", help="Threads hashing the shards (the check that dominates at scale).")
 @bad_input_exits
-def finalize_cmd(directory) -> None:
+def finalize_cmd(directory, workers) -> None:
     """Merge part-manifests of range builds into manifest.json."""
-    click.echo(f"wrote {finalize(directory)}")
+    click.echo(f"wrote {finalize(directory, workers)}")
 
 
 def _located(target: str):

@@ -13,7 +13,7 @@ FROZEN = {
     "phaseforge-build": {
         "shards": ["compress", "count", "fmt", "on_the_fly", "out", "seed", "shard_range", "shard_size", "strategy",
                    "structures_only", "task", "workers"],
-        "finalize": ["directory"],
+        "finalize": ["directory", "workers"],
         "verify": ["deep", "directory"],
         "inspect": ["key", "target"],
         "strategies": [],
