@@ -131,7 +131,7 @@ def verify(directory, deep) -> None:
     manifest = loc.manifest
     otf = manifest.on_the_fly is not None
     report = check_on_the_fly(manifest, deep) if otf else None
-    problems = report.problems if otf else verify_shards(loc)
+    problems = report.problems if otf else verify_shards(loc, min(8, os.cpu_count() or 1))
     checked = report.checked if otf else 0
     if deep and not problems and not otf:
         report = deep_check(loc.location, deep)

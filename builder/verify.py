@@ -28,10 +28,11 @@ class DeepCheck:
     checked: int      # samples really regenerated and compared (at most the dataset's count)
 
 
-def verify_shards(loc: Located) -> list[str]:
-    """Every missing or corrupt shard (and, in a local directory, every extra one); empty when all is well."""
+def verify_shards(loc: Located, workers: int = 1) -> list[str]:
+    """Every missing or corrupt shard (and, in a local directory, every extra one); empty when all is well.
+    A local directory's shards are hashed by `workers` threads."""
     if not loc.remote:
-        return verify_dir(loc.manifest, Path(loc.base))
+        return verify_dir(loc.manifest, Path(loc.base), workers)
     problems, expected_first = [], 0
     for e in loc.manifest.shards:
         if e.first_index != expected_first:
