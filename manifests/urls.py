@@ -71,11 +71,18 @@ def join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}" if is_url(base) else str(Path(base) / name)
 
 
+async def _http_client(**kwargs):
+    """An aiohttp session without keep-alive: one GET per whole file makes pooling worth little, and a pooled
+    socket that a forked loader worker inherited was seen to stall a later request until the read timeout."""
+    import aiohttp
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True), **kwargs)
+
+
 def _filesystem(scheme: str):
     if scheme in ("http", "https"):
         import aiohttp  # fsspec's http backend is built on it (and imports it only for http URLs)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=TIMEOUT_S, sock_read=TIMEOUT_S)
-        return fsspec.filesystem(scheme, client_kwargs={"timeout": timeout})
+        return fsspec.filesystem(scheme, client_kwargs={"timeout": timeout}, get_client=_http_client)
     return fsspec.filesystem(scheme)
 
 

@@ -40,10 +40,6 @@ def served(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch, served):
     monkeypatch.setattr(urls, "BACKOFF_S", 0.01)
-    # A pooled keep-alive connection whose socket a forked loader worker of an earlier test inherited can
-    # stall one request until the read timeout (seen once per full suite: 60 s); the timeout-and-retry path
-    # is the designed answer, so a short timeout keeps the suite fast without hiding a failure.
-    monkeypatch.setattr(urls, "TIMEOUT_S", 5)
     served.faults.clear()
     served.hits.clear()
 
