@@ -101,9 +101,14 @@ def shards(strategy, count, shard_size, fmt, seed, out, workers, shard_range, ta
     click.echo(report.summary())
 
 
+def _hash_threads() -> int:
+    """Threads hashing shards in finalize and verify: the cores this process may use, at most 8 (disks saturate)."""
+    return min(8, len(os.sched_getaffinity(0)))
+
+
 @cli.command("finalize")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--workers", type=click.IntRange(min=1), default=lambda: min(8, os.cpu_count() or 1),
+@click.option("--workers", type=click.IntRange(min=1), default=_hash_threads,
               show_default="min(8, cores)", help="Threads hashing the shards (the check that dominates at scale).")
 @bad_input_exits
 def finalize_cmd(directory, workers) -> None:
@@ -131,7 +136,7 @@ def verify(directory, deep) -> None:
     manifest = loc.manifest
     otf = manifest.on_the_fly is not None
     report = check_on_the_fly(manifest, deep) if otf else None
-    problems = report.problems if otf else verify_shards(loc, min(8, os.cpu_count() or 1))
+    problems = report.problems if otf else verify_shards(loc, _hash_threads())
     checked = report.checked if otf else 0
     if deep and not problems and not otf:
         report = deep_check(loc.location, deep)
