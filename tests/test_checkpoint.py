@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from training import checkpoint
+from tests.test_disk_errors import tmpfs  # noqa: F401 (fixture)
 from training.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint, training_checkpoint
 from training.model import seeded_model, tiny
 
@@ -77,12 +78,19 @@ def test_bare_published_layout_state_dict_loads(tmp_path: Path):
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in net.state_dict().items())
 
 
+def test_a_really_full_disk_is_a_one_line_error_and_leaves_nothing(tmpfs):
+    """No fake: torch.save itself fills a 64 kB tmpfs (given a path it raised a RuntimeError without errno)."""
+    path = tmpfs / "last.pt"
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*last\.pt: no space left on the device"):
+        save_checkpoint(path, {"format": "x", "a": torch.zeros(100_000)})
+    assert list(tmpfs.iterdir()) == []
+
+
 def _full_disk(monkeypatch, after_bytes: int = 1 << 16) -> None:
     """torch.save writes part of the file, then the disk is full (ENOSPC), as on a real full filesystem."""
-    def save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"\0" * after_bytes)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+    def save(obj, f, *a, **k):  # f: save_checkpoint's open temporary file
+        f.write(b"\0" * after_bytes)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f.name)
     monkeypatch.setattr(checkpoint.torch, "save", save)
 
 

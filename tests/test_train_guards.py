@@ -169,8 +169,8 @@ def test_full_disk_at_a_checkpoint_names_the_path_and_a_rerun_resumes_exactly(da
         calls.append(f)
         if len(calls) <= 2:
             return real_save(obj, f, *a, **k)
-        Path(f).write_bytes(b"\0" * 4096)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        f.write(b"\0" * 4096)  # save_checkpoint hands torch.save its open temporary file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f.name)
 
     monkeypatch.setattr(checkpoint.torch, "save", save)
     with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*(best|last)\.pt: no space left on the device \(ENOSPC\)"):

@@ -85,7 +85,7 @@ def test_a_connection_that_keeps_dropping_fails_naming_the_url(served):
 def test_a_server_error_is_retried_and_a_missing_shard_is_not(served):
     src = open_source(f"{served.url}/hdf5")
     served.faults["/hdf5/shard-000003.h5"] = "error"
-    with pytest.raises(ShardError, match="after 5 attempts"):
+    with pytest.raises(ShardError, match=f"after {urls.ATTEMPTS} attempts"):
         read_shard(src, 3)
     served.faults["/hdf5/shard-000003.h5"] = "missing"
     served.hits.clear()

@@ -112,14 +112,20 @@ def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb+") as fh:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a failed write (a full disk) as a RuntimeError raised while handling the OSError
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        if not isinstance(cause, OSError):
+            raise
         raise CheckpointError("cannot write checkpoint " + os_error_line(
-            exc, where=path, advice="free space or choose another --out, then rerun with --resume")) from None
+            cause, where=path, advice="free space or choose another --out, then rerun with --resume")) from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def code_version() -> dict:
