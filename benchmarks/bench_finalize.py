@@ -15,9 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
+from benchmarks.bench_loader import ensure
 from benchmarks.common import emit
-from builder.build import build, make_header
-from builder.strategy import load_strategy
 from manifests.schema import load_manifest, verify_dir
 
 
@@ -31,9 +30,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     shutil.rmtree(args.data, ignore_errors=True)
-    header = make_header(load_strategy("lognormal-molecules"), args.count, args.shard_size, "tar", 0, True)
-    build(args.data, header, workers=os.cpu_count() or 1, progress=False)
-    manifest, d = load_manifest(args.data)
+    manifest, d = load_manifest(ensure(args.data, "tar", args.count, args.shard_size))
     total = sum(e.bytes for e in manifest.shards)
     verify_dir(manifest, d)  # into the page cache
     res = {"benchmark": "bench_finalize", "cores": os.cpu_count(), "shards": len(manifest.shards),

@@ -12,7 +12,6 @@ one core (`taskset -c 0`) for a per-core figure. Prints JSON and writes it to --
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import emit
 from evaluation.charge_flipping import CFConfig
 from evaluation.outputs import write_solution
 from evaluation.recycle import ScanConfig
@@ -72,10 +72,7 @@ def main() -> None:
                           "converged": int(sum(r[f"{m}_converged"] for r in rows)),
                           "at_cap": int(sum(r[f"{m}_cycles"] >= CFConfig().max_cycles for r in rows))}
                       for m in ("charge-flipping", "model+cf")}, "structures": rows}
-    text = json.dumps(out, indent=1, sort_keys=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

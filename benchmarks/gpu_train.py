@@ -27,19 +27,18 @@ from pathlib import Path
 
 import torch
 
-from builder.build import build, make_header
 from builder.reflections import phai_hkl
 from training.data import DataConfig, Loader, open_sources, prepare_batch, read_shard, collate, to_sample
 from training.model import seeded_model, hkl_grid_index, preset, to_grid
 from training.train import n_cycles_at
 
 try:
+    from benchmarks.bench_loader import ensure
     from benchmarks.bench_train_step import step_fn
-    from benchmarks.train_tiny_cpu import strategy
     from benchmarks.common import emit
 except ImportError:  # run as a script
+    from bench_loader import ensure  # type: ignore
     from bench_train_step import step_fn  # type: ignore
-    from train_tiny_cpu import strategy  # type: ignore
     from common import emit  # type: ignore
 
 MEASURES = ("model", "loader", "e2e", "sf")
@@ -50,13 +49,6 @@ ASSUMED_MFU = 0.4
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def ensure(out: Path, count: int, shard_size: int, reflections: bool = True) -> Path:
-    if not (out / "manifest.json").is_file():
-        build(out, make_header(strategy("lognormal-molecules"), count, shard_size, "tar", 1, reflections),
-              workers=max(1, len(os.sched_getaffinity(0))), progress=False)
-    return out
 
 
 def timed_steps(step, batches, device, seed: int, warmup: int, steps: int, cap_s: float) -> dict:
@@ -227,9 +219,9 @@ def main() -> None:
 
     t = time.perf_counter()
     if args.train is None and ("loader" in measures or "e2e" in measures):
-        args.train = ensure(args.data / "train", args.count, 1000 if args.count >= 8000 else 100)
+        args.train = ensure(args.data / "train", "tar", args.count, 1000 if args.count >= 8000 else 100)
     if args.structures is None and "sf" in measures:
-        args.structures = ensure(args.data / "structures", 256, 64, reflections=False)
+        args.structures = ensure(args.data / "structures", "tar", 256, 64, reflections=False)
     res["build_seconds"] = round(time.perf_counter() - t, 1)
 
     cfg = preset(args.preset)

@@ -150,7 +150,8 @@ same() {  # byte-for-byte comparison of manifest.json and every shard
 }
 T_ALL=$(now)
 RESULT=0
-verdict() { if same "$TMP/one" "$1"; then echo IDENTICAL; else echo DIFFERENT; RESULT=1; fi; }
+# verdict runs in $(...), a subshell: the caller records a DIFFERENT in RESULT
+verdict() { if same "$TMP/one" "$1"; then echo IDENTICAL; else echo DIFFERENT; fi; }
 
 # --- the reference: one process
 t=$(now)
@@ -169,6 +170,7 @@ T_ARRAY=$(since "$t")
 R1=$(runtimes "$ARRAY")
 say "array $ARRAY + finalize $FINAL: finalize $S1 after ${T_ARRAY}s (submit to manifest); task run times $R1"
 V1=$(verdict "$TMP/array")
+[ "$V1" = IDENTICAL ] || RESULT=1
 say "manifest and $SHARDS shards vs the one-process build: $V1"
 grep -h '^task ' phaseforge-build-"$ARRAY"_*.out | sed 's/^/    /'
 
@@ -181,6 +183,7 @@ wait_for "$STEPF"; S2=$JSTATE
 T_STEP=$(since "$t")
 say "--array=1-13:4 with --task auto: finalize $S2 after ${T_STEP}s; task run times $(runtimes "$STEP")"
 V2=$(verdict "$TMP/step")
+[ "$V2" = IDENTICAL ] || RESULT=1
 say "manifest and shards vs the one-process build: $V2"
 grep -h '^task ' phaseforge-build-"$STEP"_*.out | sed 's/^/    /'
 
@@ -201,6 +204,7 @@ wait_for "$REF"; S3=$JSTATE
 T_RE=$(since "$t")
 say "resubmitted task 2 alone (--array=2, auto/4) + finalize: $S3 after ${T_RE}s"
 V3=$(verdict "$TMP/array")
+[ "$V3" = IDENTICAL ] || RESULT=1
 KEPT=$([ "$(stat -c %y "$FIRST")" = "$M0" ] && echo kept || echo rebuilt)
 say "manifest and shards vs the one-process build: $V3 (its shard $A2, which checked: $KEPT)"
 
