@@ -23,7 +23,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent  # a baseline's run imports `builder` from that tree, the rest here
-BINOMIAL = [0.95**4, 4 * 0.05 * 0.95**3, 1 - 0.95**4 - 4 * 0.05 * 0.95**3]
+
+
+def binomial(p: float, centres: int) -> list[float]:
+    """P(0), P(1), P(>1) occupied of `centres` inversion centres, each occupied with probability p (§3.5)."""
+    p0, p1 = (1 - p) ** centres, centres * p * (1 - p) ** (centres - 1)
+    return [p0, p1, 1 - p0 - p1]
 
 
 def _checks():
@@ -69,7 +74,11 @@ def measure(n: int, seed: int, mc: int) -> dict:
     from builder.sample import generate_structure
     from builder.strategy import load_strategy
 
+    from builder.symmetry import inversion_centres
+
     checks, strat, rng = _checks(), load_strategy("lognormal-molecules"), np.random.default_rng(123)
+    p, centres = strat.fill.special_p, len(inversion_centres(strat.space_group))
+    expect = binomial(p, centres)
     counts, observed, expected = [], [], []
     for i in range(n):
         s = generate_structure(strat, seed, i)
@@ -89,9 +98,9 @@ def measure(n: int, seed: int, mc: int) -> dict:
             "occupied_centres_percent": {"0": round(100 * float(np.mean(c == 0)), 2),
                                          "1": round(100 * float(np.mean(c == 1)), 2),
                                          ">1": round(100 * float(np.mean(c > 1)), 2)},
-            "binomial_percent": {"0": round(100 * BINOMIAL[0], 2), "1": round(100 * BINOMIAL[1], 2),
-                                 ">1": round(100 * BINOMIAL[2], 2)},
-            "mean_occupied": round(float(c.mean()), 4), "binomial_mean": 0.2,
+            "binomial_percent": {"0": round(100 * expect[0], 2), "1": round(100 * expect[1], 2),
+                                 ">1": round(100 * expect[2], 2)},
+            "mean_occupied": round(float(c.mean()), 4), "binomial_mean": round(centres * p, 4),
             "samples_with_special_and_general": len(observed),
             "first_general_bonded_to_special": round(float(np.mean(observed)), 4),
             "random_placement_expectation": round(float(np.mean(expected)), 4), "element_redraws": redraws(n, seed)}

@@ -129,7 +129,7 @@ class FillConfig:
         return ElementTable.from_frequencies(dict(self.elements_general)), special
 
     def max_atoms(self, volume: float) -> float:
-        """Most atoms (H included) eqs 18–19 can put in a cell of `volume`: N′/(1 − x_H) per asymmetric unit."""
+        """Most atoms (H included) eqs 18–19 can put in a cell of `volume`: n·N′/(1 − x_H) in the whole cell."""
         return volume / self.v_atom[0] / (1.0 - self.x_h[1])
 
 

@@ -109,8 +109,8 @@ def first_valid(cand: np.ndarray, cand_r: np.ndarray, orth: np.ndarray, recip: n
 def add_atom(x0: float, x1: float, x2: float, z: int, radius: float, occ: float, rot: np.ndarray,
              tran: np.ndarray, frac: np.ndarray, zs: np.ndarray, occs: np.ndarray, img: np.ndarray,
              img_r: np.ndarray, anchors: np.ndarray, counts: np.ndarray) -> None:
-    """Append an atom and its images (wrapped into [0, 1)); counts = [atoms, images, anchors]. Non-H atoms are
-    anchors: what a new atom may bond to (§3.5 step 4; H bonds once)."""
+    """Append an atom and its images (wrapped into [0, 1)); counts = [atoms, images, anchors, general atoms].
+    Non-H atoms are anchors: what a new atom may bond to (§3.5 step 4; H bonds once)."""
     n, m = counts[0], counts[1]
     if n == zs.shape[0]:
         raise RuntimeError("placed more atoms than the capacity allows")

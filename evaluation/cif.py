@@ -164,7 +164,7 @@ def reflections(ingested: Ingested, hkl: np.ndarray, d_min: float = 1.0,
         ingested: a structure from `load_structure`.
         hkl: (H, 3) Miller indices, e.g. `builder.reflections.phai_hkl()`.
         d_min: resolution limit (Å); reflections with d < d_min are not observed.
-        plan: an `sf_plan` for P 1 21/c 1 and `hkl`, to reuse across structures (one thread at a time).
+        plan: an `sf_plan` for P 1 21/c 1 and `hkl`, to reuse across structures (any thread).
 
     Returns:
         amp float32 (H,), phase float32 (H,) (0 or π), observed bool (H,): d ≥ d_min, not systematically absent

@@ -35,18 +35,17 @@ def _field(line: str, lo: int, hi: int, name: str, lineno: int, cast: type) -> f
                          "FORMAT(3I4,2F8.2,I4); use --format free for blank-separated columns)") from None
 
 
-def parse_hkl(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+def parse_hkl(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read SHELX .hkl text (fixed columns 3I4, 2F8.2, I4), up to the h = k = l = 0 (or a blank) line.
 
     Returns:
-        (hkl (N, 3) int32, value (N,), sigma (N,) or None when no line has a σ field, lines read).
+        (hkl (N, 3) int32, value (N,), sigma (N,) or None when no line has a σ field).
 
     Raises:
         ValueError: a malformed line (its number in the message) or no reflections.
     """
-    rows, sig, n_lines = [], [], 0
+    rows, sig = [], []
     for lineno, line in enumerate(text.splitlines(), start=1):
-        n_lines = lineno
         if not line.strip():
             if rows:  # Fortran reads a blank record as h = k = l = 0: the end of the data, as in SHELX
                 break
@@ -69,7 +68,7 @@ def parse_hkl(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int
         raise ValueError("no reflections before the end or the 0 0 0 line")
     a = np.array(rows, dtype=np.float64)
     s = np.array(sig, dtype=np.float64)
-    return a[:, :3].astype(np.int32), a[:, 3], (None if np.isnan(s).all() else np.nan_to_num(s, nan=0.0)), n_lines
+    return a[:, :3].astype(np.int32), a[:, 3], (None if np.isnan(s).all() else np.nan_to_num(s, nan=0.0))
 
 
 def parse_free(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -217,7 +216,7 @@ def shelx_reflections(name: str, hkl_text: str, ins_text: str | None, ins_name: 
     """Reflections of HKLF text plus the crystal of its .ins/.res (if any)."""
     ins = parse_ins(ins_text, ins_name) if ins_text is not None else None
     n = hklf if hklf is not None else (ins["hklf"] if ins and ins["hklf"] in (3, 4) else 4)
-    hkl, value, sigma, _ = parse_hkl(hkl_text)
+    hkl, value, sigma = parse_hkl(hkl_text)
     scale = ins["hklf_scale"] if ins else 1.0  # s multiplies F² and σ (or F and σ for HKLF 3)
     value, sigma = value * scale, None if sigma is None else sigma * scale
     out = {"hkl": _hklf_apply(hkl, ins["hklf_matrix"] if ins else None), "value": value, "sigma": sigma,

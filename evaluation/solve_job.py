@@ -105,8 +105,9 @@ def solve_job(input_path: Path, out: Path, *, method: str | None = None, checkpo
     best = next(r for r in results if r.method == picked)
     phase, origin = best.phase, "the solution's own (one of the equivalent origins" + (
         ")" if red.spacegroup.is_centrosymmetric() else "; either hand: |F| cannot tell it from its mirror image)")
+    methods = {r.method: _method_entry(r, red, meas.model) for r in results}
     if meas.model is not None:
-        fit = score_against_model(red, meas.model, phase)
+        fit = methods[picked]["against_model"]  # scored once, with the other methods
         phase = move_solution(red, phase, fit["origin_shift"], fit["inverted"])
         origin = (f"{'inverted and ' if fit['inverted'] else ''}shifted by {fit['origin_shift']} to overlay the "
                   "deposited model")
@@ -116,7 +117,7 @@ def solve_job(input_path: Path, out: Path, *, method: str | None = None, checkpo
                "reduction": red.report, "warnings": list(red.warnings), "picked": picked,
                "pick_rule": "the only method run" if len(results) == 1 else
                "highest E-map skewness over the reflections every method phased",
-               "methods": {r.method: _method_entry(r, red, meas.model) for r in results}, "origin": origin}
+               "methods": methods, "origin": origin}
     tmp = stage(out)
     summary = write_solution(tmp, red, phase, summary, method=picked, n_peaks=peaks,
                              wavelength=meas.wavelength, sfac=meas.sfac, unit=meas.unit)

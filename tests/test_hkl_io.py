@@ -45,7 +45,7 @@ def measured_cif(cid: str) -> bytes:
 
 
 def test_hkl_fixed_columns_stop_at_000_and_keep_signs():
-    hkl, value, sigma, _ = parse_hkl(HKL)
+    hkl, value, sigma = parse_hkl(HKL)
     assert hkl.tolist() == [[1, 0, 1], [-1, 0, -1], [0, 2, 0], [2, 1, -3]]
     assert value.tolist() == [12.34, 12.80, 100.0, -0.45] and sigma.tolist() == [0.56, 0.60, 2.0, 0.30]
 
@@ -57,7 +57,7 @@ def test_hkl_blank_record_ends_the_data_like_fortran():
 
 def test_hkl_columns_without_blanks_are_read_by_position():
     # 3I4 leaves no blank between large indices: "-10-11 12" is h=-10, k=-11, l=12
-    hkl, value, _, _ = parse_hkl(" -10 -11  12 1234.56   12.34\n")
+    hkl, value, _ = parse_hkl(" -10 -11  12 1234.56   12.34\n")
     assert hkl.tolist() == [[-10, -11, 12]] and value.tolist() == [1234.56]
 
 

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from evaluation.cli import cli
+from evaluation.testset import load_testset
 from tests.test_hkl_io import HKL, INS, REFLN_CIF, measured_cif
 
 TALC = Path(__file__).parent / "data" / "cif" / "9008040.cif"  # Mg3Si4O10(OH)2, C 1 2/c 1
@@ -138,9 +139,10 @@ def test_run_on_the_measured_test_set_reports_r_beside_r_calc(tmp_path: Path):
     res = invoke("run", "--testset", "cod-p21c-measured", "--method", "true", "--out", tmp_path / "t", "--no-plots")
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "t" / "report.json").read_text())
-    assert rep["n"] == 15 and rep["median_r"] == 1.0 and rep["calculated"]["median_r"] == 1.0
+    n = load_testset("cod-p21c-measured")["count"]  # every structure of the set, none skipped
+    assert rep["n"] == n and rep["median_r"] == 1.0 and rep["calculated"]["median_r"] == 1.0
     rows = (tmp_path / "t" / "results.csv").read_text().splitlines()
-    assert rows[0].endswith("r_calc,mpe_calc,completeness") and len(rows) == 16
+    assert rows[0].endswith("r_calc,mpe_calc,completeness") and len(rows) == n + 1
     res = invoke("run", "--testset", "cod-p21c-measured", "--method", "random", "--limit", "5", "--out", tmp_path / "r",
                  "--no-plots")
     rep = json.loads((tmp_path / "r" / "report.json").read_text())

@@ -49,11 +49,11 @@ def _reflection_context(max_index: int) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=4)
 def _plan(max_index: int) -> SFPlan:
-    return sf_plan(space_group_ops(SPACE_GROUP), phai_hkl(max_index))  # one per process (it has scratch buffers)
+    return sf_plan(space_group_ops(SPACE_GROUP), phai_hkl(max_index))  # built once per process; threads may share it
 
 
 def reflections_from_structure(rec: dict, max_index: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """|F| and phases (float32) of a structures-only record, by the builder's own numpy structure factors."""
+    """|F| and phases (float32) of a structures-only record, by the builder's own structure-factor kernel (builder/sf.py)."""
     n = len(_reflection_context(max_index)[0])
     if len(rec["z"]) == 0:  # an empty structure scatters nothing (builder.sf cannot take N = 0)
         return np.zeros(n, np.float32), np.zeros(n, np.float32)

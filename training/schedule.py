@@ -24,7 +24,7 @@ __all__ = ["INITS", "LRSchedule", "milestones", "n_cycles_at", "random_start_deg
            "validation_starts_deg"]
 
 INITS = ("zero", "random", "mixed")
-# Seed domains of the trainer (training/data.py uses 1-5 for the loader's streams).
+# Seed domains of the trainer (the loader's: 1-3 in training/data.py, 4 in training/samples.py).
 _RECYCLE, _INIT, _VAL_START = 7, 8, 9
 
 

@@ -47,7 +47,7 @@ from training.validation import random_sign_baseline, validate
 
 __all__ = ["TrainConfig", "RunState", "TrainingDiverged", "fit", "train_step", "n_cycles_at"]
 
-_TORCH = 10  # seed domain of torch's global generator (training/schedule.py: 7-9, the loader's: 1-4)
+_TORCH = 10  # seed domain of torch's global generator (training/schedule.py: 7-9, the loader's: 1-4, 5 retired)
 
 
 class TrainingDiverged(ManifestError):
