@@ -70,7 +70,11 @@ class Strategy:
         d = dataclasses.asdict(self)
         d["fill"]["elements_general"] = dict(self.fill.elements_general)
         d["fill"]["elements_special"] = dict(self.fill.elements_special)
-        return json.loads(canonical_json(d))  # tuples -> lists, exactly as stored in a manifest
+        try:
+            return json.loads(canonical_json(d))  # tuples -> lists, exactly as stored in a manifest
+        except ValueError:
+            raise ValueError(f"strategy {self.name} holds NaN or infinity, which a manifest cannot record: "
+                             "give finite values") from None
 
     @classmethod
     def from_dict(cls, d: dict) -> "Strategy":

@@ -167,7 +167,10 @@ def test_compare_end_to_end(tmp_path):
     doc = json.loads(text)
     assert list(doc) == sorted(doc) and doc["schema"] == compare.SCHEMA
     assert set(doc["strategies"]) == {"lognormal-molecules", "uniform-edges-random"}
-    n_db = json.loads(SMALL.read_text())["counts"]["selected"]
+    stats = json.loads(SMALL.read_text())
+    n_db = len(stats["values"]["volume"])  # the per-structure records, not the count the loader copies
+    assert n_db == stats["counts"]["selected"] == json.loads(
+        (STATS_DIR.parent / "testsets" / "cod-p21c-small.json").read_text())["count"]  # the same 34, two paths
     assert doc["database"]["n_structures"] == n_db and doc["database"]["per_structure_values"]
     for s in doc["strategies"].values():
         assert set(s["ks"]) == set(compare.QUANTITIES)

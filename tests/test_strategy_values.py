@@ -5,6 +5,7 @@ build that tried to allocate terabytes or ran on for hours.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from builder.build import make_header
 from builder.cli import cli
 from builder.strategy import Strategy, canonical_json, load_strategy
 
@@ -118,3 +120,11 @@ def test_a_manifest_strategy_is_checked_like_a_file(section, key, value, message
 def test_non_finite_numbers_never_reach_json():
     with pytest.raises(ValueError):
         canonical_json({"ratio": float("nan")})
+
+
+def test_a_non_finite_value_that_skipped_validation_is_named_before_a_manifest():
+    """A Strategy built in code (no validate) with μ = NaN: make_header names the strategy, not the JSON encoder."""
+    s = load_strategy("lognormal-molecules")
+    bad = dataclasses.replace(s, cell=dataclasses.replace(s.cell, mu=float("nan")))
+    with pytest.raises(ValueError, match="strategy lognormal-molecules holds NaN or infinity"):
+        make_header(bad, 10, 5, "tar", 0)
