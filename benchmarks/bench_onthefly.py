@@ -37,7 +37,16 @@ except ImportError:  # run as a script
     from train_tiny_cpu import strategy  # type: ignore
     from common import emit  # type: ignore
 
-GPU_PAPER_H200 = 3000.0  # samples/s, the paper preset's FLOP estimate on an H200 (benchmarks/gpu_train.py)
+
+
+def paper_h200_samples_per_s() -> float:
+    """What one H200 trains of the paper preset per second, from its counted FLOPs (benchmarks/gpu_train.py)."""
+    try:
+        from benchmarks.gpu_train import flops_estimate
+    except ImportError:  # run as a script
+        from gpu_train import flops_estimate  # type: ignore
+    from training.model import preset
+    return flops_estimate(preset("paper"))["h200_samples_per_s"]
 
 
 def _commit() -> str | None:
@@ -71,10 +80,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="shards read (generated) per stream, after the first batch")
     ap.add_argument("--workers", default="1,2", help="comma-separated DataLoader worker counts (wall clock)")
     ap.add_argument("--repeats", type=int, default=3, help="per-core rate: best of this many alternated runs")
-    ap.add_argument("--gpu-samples-per-s", type=float, default=GPU_PAPER_H200)
+    ap.add_argument("--gpu-samples-per-s", type=float, default=None,
+                    help="the GPU's training rate to feed (default: the paper preset's FLOP estimate on an H200)")
     ap.add_argument("--data", type=Path, default=Path("/tmp/phaseforge-bench-onthefly"))
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args()
+    if args.gpu_samples_per_s is None:
+        args.gpu_samples_per_s = paper_h200_samples_per_s()
     workers = [int(w) for w in args.workers.split(",") if int(w) > 0]
     res = {"benchmark": "bench_onthefly", "cores": len(os.sched_getaffinity(0)), "batch_size": args.batch_size,
            "streams": args.streams, "shard_size": args.shard_size, "package_version": package_version(),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from builder.shardgen import check_regenerates, samples_of
-from manifests.schema import Manifest, ManifestError, ShardError, verify_dir
+from manifests.schema import Manifest, ManifestError, ShardError, check_shards, verify_dir
 from manifests.shardio import open_shard, read_samples, shard_bytes
 from manifests.urls import Located, open_manifest
 
@@ -30,26 +30,15 @@ class DeepCheck:
 
 def verify_shards(loc: Located, workers: int = 1) -> list[str]:
     """Every missing or corrupt shard (and, in a local directory, every extra one); empty when all is well.
-    A local directory's shards are hashed by `workers` threads."""
+    `workers` threads measure the shards (`check_shards`): hashed in place, or fetched from a URL."""
     if not loc.remote:
         return verify_dir(loc.manifest, Path(loc.base), workers)
-    problems, expected_first = [], 0
-    for e in loc.manifest.shards:
-        if e.first_index != expected_first:
-            problems.append(f"{e.file}: first index {e.first_index}, expected {expected_first}")
-        expected_first = e.stop
-        try:
-            data = open_shard(loc.shard(e.file))
-        except OSError as exc:
-            problems.append(f"{e.file}: {exc.strerror}")
-            continue
-        if len(data) != e.bytes:
-            problems.append(f"{e.file}: corrupt (size {len(data)}, manifest {e.bytes})")
-        elif hashlib.sha256(data).hexdigest() != e.sha256:
-            problems.append(f"{e.file}: corrupt (sha256 differs from the manifest)")
-    if expected_first != loc.manifest.count:
-        problems.append(f"shards hold {expected_first} samples, manifest count is {loc.manifest.count}")
-    return problems
+
+    def measure(e) -> tuple[int, str | None]:
+        data = open_shard(loc.shard(e.file))  # OSError naming the URL's failure
+        return len(data), hashlib.sha256(data).hexdigest() if len(data) == e.bytes else None
+
+    return check_shards(loc.manifest, measure, workers)
 
 
 def _picks(manifest: Manifest, n: int) -> list[int]:

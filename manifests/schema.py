@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -29,8 +30,7 @@ import numpy as np
 __all__ = ["MANIFEST_VERSION", "MANIFEST_NAME", "FORMATS", "COMPRESSIONS", "MEMBERS", "REFLECTION_MEMBERS",
            "ATOM_MEMBERS", "member_dtype", "ManifestError", "ShardError", "ShardEntry", "Manifest", "dumps",
            "write_json_atomic", "host_name", "partial_name", "sha256_file", "shard_suffix", "member_schema",
-           "load_manifest",
-           "verify_dir", "package_version"]
+           "load_manifest", "check_shards", "verify_dir", "package_version"]
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -303,31 +303,49 @@ def load_manifest(path: str | Path) -> tuple[Manifest, Path]:
     return Manifest.from_dict(doc, p), p.parent
 
 
-def verify_dir(manifest: Manifest, directory: Path, workers: int = 1) -> list[str]:
-    """Recompute sizes and hashes; list every missing, corrupt or extra shard (empty when all is well).
+def check_shards(manifest: Manifest, measure, workers: int = 1) -> list[str]:
+    """Every shard's size and sha256 against the manifest, and the count; the problems in shard order.
 
-    `workers` threads hash shards at once (hashlib releases the GIL on large blocks, so this scales with cores
-    and disks); the problems come out in shard order whatever the count.
+    `measure(entry)` gives (size, sha256), the sha256 None when the size already differs, or raises OSError whose
+    strerror is the problem ("missing", a URL's failure). `workers` threads measure shards at once (hashlib
+    releases the GIL on large blocks, so this scales with cores and disks), whatever the count the same list.
     """
-    present = [e for e in manifest.shards
-               if (directory / e.file).is_file() and (directory / e.file).stat().st_size == e.bytes]
+    def one(e: ShardEntry):
+        try:
+            return measure(e)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        digest = dict(zip((e.file for e in present), pool.map(sha256_file, (directory / e.file for e in present))))
+        measured = list(pool.map(one, manifest.shards))
     problems = []
     expected_first = 0
-    for e in manifest.shards:
+    for e, m in zip(manifest.shards, measured):
         if e.first_index != expected_first:
             problems.append(f"{e.file}: first index {e.first_index}, expected {expected_first}")
         expected_first = e.stop
-        f = directory / e.file
-        if not f.is_file():
-            problems.append(f"{e.file}: missing")
-        elif e.file not in digest:
-            problems.append(f"{e.file}: corrupt (size {f.stat().st_size}, manifest {e.bytes})")
-        elif digest[e.file] != e.sha256:
+        if isinstance(m, str):
+            problems.append(f"{e.file}: {m}")
+        elif m[0] != e.bytes:
+            problems.append(f"{e.file}: corrupt (size {m[0]}, manifest {e.bytes})")
+        elif m[1] != e.sha256:
             problems.append(f"{e.file}: corrupt (sha256 differs from the manifest)")
     if expected_first != manifest.count:
         problems.append(f"shards hold {expected_first} samples, manifest count is {manifest.count}")
+    return problems
+
+
+def verify_dir(manifest: Manifest, directory: Path, workers: int = 1) -> list[str]:
+    """Recompute sizes and hashes (`check_shards`, `workers` threads); list every missing, corrupt or extra shard
+    (empty when all is well)."""
+    def measure(e: ShardEntry) -> tuple[int, str | None]:
+        f = directory / e.file
+        if not f.is_file():
+            raise FileNotFoundError(errno.ENOENT, "missing", str(f))
+        size = f.stat().st_size
+        return size, sha256_file(f) if size == e.bytes else None
+
+    problems = check_shards(manifest, measure, workers)
     names = {e.file for e in manifest.shards}
     for f in sorted(directory.glob("shard-*")):
         if f.name not in names:
