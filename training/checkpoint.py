@@ -27,7 +27,7 @@ import torch
 
 from builder.reflections import hkl_hash, phai_hkl
 from manifests.errors import os_error_line
-from manifests.schema import ManifestError, package_version, sha256_file
+from manifests.schema import ManifestError, package_version, partial_name, sha256_file
 from training.config import RESUMABLE, TrainConfig, flat_dict
 from training.data import resume_state
 from training.model import ModelConfig, PhAINet, config_dict, preset
@@ -110,7 +110,7 @@ def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
         and an existing file at `path` is left as it was.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp = partial_name(path)
     try:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)

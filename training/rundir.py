@@ -21,7 +21,7 @@ from typing import Callable
 
 import filelock
 
-from manifests.schema import ManifestError
+from manifests.schema import ManifestError, partial_name, write_json_atomic
 
 __all__ = ["RunLock", "RunLockedError", "LOCK_NAME", "OWNER_NAME", "open_metrics", "log_json", "tensorboard",
            "tb_log"]
@@ -94,15 +94,12 @@ class RunLock:
         return {"host": socket.gethostname(), "pid": os.getpid(), "started": round(time.time(), 3)}
 
     def _write_owner(self, exclusive: bool) -> None:
-        data = json.dumps(self._record(), sort_keys=True).encode()
-        if exclusive:
-            fd = os.open(self.owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+        if not exclusive:
+            write_json_atomic(self.owner, self._record())
             return
-        tmp = self.owner.with_name(f".{self.owner.name}.partial-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.owner)
+        fd = os.open(self.owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(json.dumps(self._record(), sort_keys=True).encode())
 
     def _soft_acquire(self) -> None:
         for _ in range(2):
@@ -157,7 +154,7 @@ def open_metrics(path: Path, step: int, log: Callable[[str], None] = print):
     """metrics.jsonl for appending, cut back to `step` (the checkpoint's) when it already exists."""
     if path.exists():
         keep = _kept_lines(path, step, log)
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        tmp = partial_name(path)
         tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
         os.replace(tmp, path)
     return open(path, "a", encoding="utf-8")
