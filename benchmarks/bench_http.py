@@ -9,7 +9,6 @@ and 2 give wall-clock samples/s per worker. Prints one JSON object.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
@@ -19,10 +18,10 @@ import urllib.request
 from pathlib import Path
 
 try:
-    from benchmarks.bench_loader import ensure, rate
+    from benchmarks.bench_loader import ensure, loader_parser, rate
     from benchmarks.common import emit
 except ImportError:  # run as a script
-    from bench_loader import ensure, rate  # type: ignore
+    from bench_loader import ensure, loader_parser, rate  # type: ignore
     from common import emit  # type: ignore
 
 
@@ -49,11 +48,7 @@ def serve(root: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--count", type=int, default=8000)
-    ap.add_argument("--shard-size", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--streams", type=int, default=4, help="loader streams (divisible by 1 and 2)")
+    ap = loader_parser(__doc__)
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--data", type=Path, default=Path("/tmp/phaseforge-bench-loader"))
     ap.add_argument("--out", type=Path, default=None)

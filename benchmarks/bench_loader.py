@@ -57,12 +57,18 @@ def rate(path: Path, workers: int, streams: int, shard_size: int, batch: int, ve
             "first_batch_s": round(t_first, 2), "verify": verify}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--count", type=int, default=8000)
-    ap.add_argument("--shard-size", type=int, default=1000)
+def loader_parser(doc: str, count: int = 8000, shard_size: int = 1000) -> argparse.ArgumentParser:
+    """The options every loader benchmark shares (bench_loader, bench_http, bench_onthefly)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--count", type=int, default=count)
+    ap.add_argument("--shard-size", type=int, default=shard_size)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--streams", type=int, default=4, help="loader streams (divisible by 1 and 2)")
+    return ap
+
+
+def main() -> None:
+    ap = loader_parser(__doc__)
     ap.add_argument("--data", type=Path, default=Path("/tmp/phaseforge-bench-loader"))
     args = ap.parse_args()
     res = {"benchmark": "bench_loader", "cores": len(os.sched_getaffinity(0)), "batch_size": args.batch_size,

@@ -19,7 +19,6 @@ The generator's own speed (builder/fill.py, sf.py, geometry.py) is what this mea
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import subprocess
@@ -29,11 +28,11 @@ from builder.build import build, make_header, write_on_the_fly
 from manifests.schema import package_version
 
 try:
-    from benchmarks.bench_loader import rate
+    from benchmarks.bench_loader import loader_parser, rate
     from benchmarks.train_tiny_cpu import strategy
     from benchmarks.common import emit
 except ImportError:  # run as a script
-    from bench_loader import rate  # type: ignore
+    from bench_loader import loader_parser, rate  # type: ignore
     from train_tiny_cpu import strategy  # type: ignore
     from common import emit  # type: ignore
 
@@ -72,11 +71,7 @@ def datasets(root: Path, count: int, shard_size: int) -> dict[str, tuple[Path, s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--count", type=int, default=4096)
-    ap.add_argument("--shard-size", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--streams", type=int, default=4, help="loader streams (divisible by 1 and 2)")
+    ap = loader_parser(__doc__, count=4096, shard_size=256)
     ap.add_argument("--rounds", type=int, default=2, help="shards read (generated) per stream, after the first batch")
     ap.add_argument("--workers", default="1,2", help="comma-separated DataLoader worker counts (wall clock)")
     ap.add_argument("--repeats", type=int, default=3, help="per-core rate: best of this many alternated runs")
